@@ -189,7 +189,7 @@ def main(argv=None) -> int:
             if bar:
                 bar.update(1)
                 bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                                lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
             if args.save_every and state["step"] % args.save_every == 0:
                 state["seconds"] += time.time() - started
                 started = time.time()
