@@ -1,0 +1,83 @@
+# Two commands first: `make run` (set up, then invoke the function on a sample event)
+# and `make test`.  No AWS account and no Docker needed for either.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TOOLS := .tools
+SAM := $(TOOLS)/bin/sam
+EVENT ?= events/http-api-jpeg.json
+export PYTHONPATH := $(CURDIR)/function:$(CURDIR)
+# Locally the model comes from the repository; in the image it is /opt/model.
+export MODEL_DIR ?= $(CURDIR)/layers/model
+export AWS_DEFAULT_REGION ?= ap-northeast-2
+# Never ask the EC2 metadata service for credentials: this is not EC2, and it is off-limits.
+export AWS_EC2_METADATA_DISABLED := true
+export POWERTOOLS_METRICS_NAMESPACE ?= EmotionService
+
+# training knobs
+EPOCHS ?= 30
+BATCH_SIZE ?= 64
+DATA ?= ../shared/data/fer2013/fer2013_train_val.npz
+RESUME ?=
+
+.PHONY: setup tools run invoke serve run-s3 test train evaluate events bench build sam-invoke deploy validate clean
+
+$(VENV)/.installed: function/requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0 -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+# aws-sam-cli pins its own boto3, so it lives in a separate tools environment.
+$(TOOLS)/.installed:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q aws-sam-cli==1.170.0
+	touch $@
+
+tools: $(TOOLS)/.installed
+
+run: setup
+	$(PY) -m local.invoke $(EVENT)
+
+invoke: setup
+	$(PY) -m local.invoke $(EVENT)
+
+serve: setup
+	$(PY) -m local.serve --port $${PORT:-3000}
+
+run-s3: setup
+	$(PY) -m local.run_s3
+
+events: setup
+	$(PY) events/generate.py
+
+test: setup tools
+	$(PY) -m pytest -q tests
+
+train: setup
+	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --data $(DATA) $(if $(RESUME),--resume)
+
+evaluate: setup
+	$(PY) -m training.evaluate --data $(DATA)
+
+bench: setup
+	$(PY) -m bench.run
+
+# ---- machines with Docker and an AWS account -------------------------------------
+validate: tools
+	$(SAM) validate --region ap-northeast-2 && $(SAM) validate --lint --region ap-northeast-2
+
+build: tools
+	$(SAM) build
+
+sam-invoke: build
+	$(SAM) local invoke EmotionFunction -e $(EVENT)
+
+deploy: build
+	$(SAM) deploy
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache

@@ -1,0 +1,67 @@
+"""Remake the sample events in events/ from the photos in events/images/.
+
+    python events/generate.py
+
+Bodies are built by `requests` exactly as clients send them (the prototype's client
+does requests.post(url, data={'image': base64.b64encode(photo)})), then wrapped the way
+API Gateway wraps them (function/local/events.py)."""
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "function"))
+
+from local.events import http_api_event, rest_api_event  # noqa: E402
+
+IMAGES = HERE / "images"
+URL = "https://abc123.execute-api.ap-northeast-2.amazonaws.com"
+
+
+def prepared(path: str, method: str = "POST", **kwargs) -> tuple[dict, bytes]:
+    req = requests.Request(method, URL + path, **kwargs).prepare()
+    headers = {k: v for k, v in req.headers.items() if k.lower() != "content-length"}
+    body = req.body or b""
+    return headers, body.encode() if isinstance(body, str) else body
+
+
+def main() -> int:
+    face = (IMAGES / "astronaut.jpg").read_bytes()
+    no_face = (IMAGES / "coffee.jpg").read_bytes()
+    group = (IMAGES / "group.jpg").read_bytes()
+    b64 = base64.b64encode(face)
+    jpeg = {"Content-Type": "image/jpeg"}
+    events = {
+        # good requests
+        "http-api-jpeg.json": http_api_event("POST", "/emotion", jpeg, face),
+        "http-api-json.json": http_api_event("POST", "/emotion", *prepared("/emotion", json={"image": b64.decode()})),
+        "http-api-json-data-url.json": http_api_event("POST", "/emotion", *prepared(
+            "/emotion", json={"image": "data:image/jpeg;base64," + b64.decode()})),
+        "http-api-prototype-form.json": http_api_event("POST", "/main", *prepared("/main", data={"image": b64})),
+        "http-api-multipart.json": http_api_event("POST", "/emotion", *prepared(
+            "/emotion", files={"image": ("astronaut.jpg", face, "image/jpeg")})),
+        "rest-api-prototype-form.json": rest_api_event("POST", "/main", *prepared("/main", data={"image": b64})),
+        "http-api-no-face.json": http_api_event("POST", "/emotion", jpeg, no_face),
+        "http-api-group.json": http_api_event("POST", "/emotion", jpeg, group),
+        # bad requests
+        "bad-base64.json": http_api_event("POST", "/emotion", *prepared("/emotion", json={"image": "not base64!"})),
+        "bad-not-an-image.json": http_api_event("POST", "/emotion", *prepared(
+            "/emotion", json={"image": base64.b64encode(b"hello, this is text").decode()})),
+        "bad-no-image.json": http_api_event("POST", "/main", *prepared("/main", data={"photo": "abc"})),
+        "bad-media-type.json": http_api_event("POST", "/emotion", {"Content-Type": "text/plain"}, b"hello"),
+        "bad-method.json": http_api_event("GET", "/emotion", {}),
+        "bad-route.json": http_api_event("POST", "/nowhere", jpeg, no_face[:64]),
+    }
+    for name, event in events.items():
+        (HERE / name).write_text(json.dumps(event, indent=2) + "\n")
+        print("wrote", HERE / name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

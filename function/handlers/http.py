@@ -1,0 +1,132 @@
+"""Reading an image out of an API Gateway request (REST 1.0 or HTTP API 2.0 payload)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from email import policy
+from email.parser import BytesParser
+from urllib.parse import parse_qs
+
+from emotion.errors import InputError
+
+RAW_IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "application/octet-stream"}
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+MULTIPART = "multipart/form-data"
+ACCEPTED = "JSON {\"image\": <base64>}, a form field 'image' (urlencoded base64 or a multipart file), or a raw image/jpeg or image/png body"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    content_type: str   # the media type alone, lower case
+    content_type_header: str
+    body: bytes
+
+
+def parse_event(event: dict) -> Request:
+    """The method, path, content type and body bytes of an API Gateway event."""
+    if not isinstance(event, dict):
+        raise InputError("invalid_event", "The event is not an API Gateway request.")
+    if event.get("version") == "2.0" or "requestContext" in event and "http" in event.get("requestContext", {}):
+        http = event.get("requestContext", {}).get("http", {})
+        method = http.get("method", "")
+        path = event.get("rawPath") or http.get("path", "")
+        stage = event.get("requestContext", {}).get("stage", "$default")
+        if stage != "$default" and path.startswith(f"/{stage}/"):
+            path = path[len(stage) + 1:]
+    else:
+        method = event.get("httpMethod", "")
+        path = event.get("path") or event.get("resource") or ""
+    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items() if v is not None}
+    header = headers.get("content-type", "")
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            data = base64.b64decode(body, validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise InputError("invalid_body", "The request body is not valid base64.") from exc
+    else:
+        data = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
+    return Request(method=method.upper(), path=path.rstrip("/") or "/",
+                   content_type=header.split(";")[0].strip().lower(), content_type_header=header, body=data)
+
+
+def decode_base64(text: str | bytes) -> bytes:
+    """Standard or URL-safe base64, with or without padding, whitespace and a data-URL prefix."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    text = text.strip()
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    # A form value whose '+' was not percent-encoded arrives with spaces.
+    text = re.sub(r"[\r\n\t]", "", text).replace(" ", "+").replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InputError("invalid_base64", "The 'image' field is not valid base64.") from exc
+    if not data:
+        raise InputError("missing_image", "The 'image' field is empty.")
+    return data
+
+
+def extract_image(request: Request) -> bytes:
+    """The image bytes of a request, by its Content-Type."""
+    ctype, body = request.content_type, request.body
+    if not body:
+        raise InputError("missing_image", f"The request has no body. Send {ACCEPTED}.")
+    if not ctype:
+        ctype = _sniff(body)
+    if ctype in RAW_IMAGE_TYPES or ctype.startswith("image/"):
+        return body
+    if ctype == FORM:
+        fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+        if not fields.get("image"):
+            raise InputError("missing_image", "The form has no 'image' field (base64 of the image).")
+        return decode_base64(fields["image"][0])
+    if ctype == JSON or ctype.endswith("+json"):
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError("invalid_json", "The body is not valid JSON.") from exc
+        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+            raise InputError("missing_image", 'The JSON body needs a string field "image" (base64 of the image).')
+        return decode_base64(payload["image"])
+    if ctype == MULTIPART:
+        return _multipart_image(request.content_type_header, body)
+    raise InputError("unsupported_media_type", f"Content-Type {ctype} is not accepted. Send {ACCEPTED}.", status=415)
+
+
+def _sniff(body: bytes) -> str:
+    head = body[:16]
+    if head.startswith((b"\xff\xd8\xff", b"\x89PNG", b"BM")) or head[8:12] == b"WEBP":
+        return "application/octet-stream"
+    if body.lstrip()[:1] == b"{":
+        return JSON
+    if body.startswith(b"image=") or b"&image=" in body:
+        return FORM
+    raise InputError("unsupported_media_type", f"The request has no Content-Type. Send {ACCEPTED}.", status=415)
+
+
+def _multipart_image(content_type_header: str, body: bytes) -> bytes:
+    if "boundary=" not in content_type_header:
+        raise InputError("invalid_multipart", "The multipart Content-Type has no boundary.")
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type_header.encode("latin-1", "replace") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        raise InputError("invalid_multipart", "The multipart body could not be read.")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") != "image":
+            continue
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is None and not part.get_content_type().startswith("image/"):
+            return decode_base64(data)  # a plain text field holding base64, like the urlencoded form
+        if not data:
+            raise InputError("missing_image", "The 'image' part is empty.")
+        return data
+    raise InputError("missing_image", "The multipart form has no 'image' field.")

@@ -1,0 +1,321 @@
+"""The API handler on the sample events and on hand-made requests, with the real model.
+Rekognition is stubbed with botocore's Stubber, which checks each request against
+the real API model; nothing reaches the network."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+
+import pytest
+from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+from botocore.stub import Stubber
+from conftest import EVENTS
+from PIL import Image
+
+from emotion import rekognition
+from emotion.model import CLASSES
+from emotion.pipeline import Pipeline
+from handlers import api, runtime
+from local.events import LambdaContext, http_api_event
+
+# The face of the astronaut portrait (events/images/astronaut.jpg, 512x512) is centred
+# near (225, 113); a box on her face must contain that point and be face-sized.
+ASTRONAUT_FACE = (225, 113)
+
+
+def invoke(event: dict) -> tuple[int, dict]:
+    answer = api.lambda_handler(event, LambdaContext())
+    assert answer["headers"]["Content-Type"] == "application/json"
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def post(body: bytes, content_type: str = "image/jpeg", path: str = "/emotion") -> tuple[int, dict]:
+    return invoke(http_api_event("POST", path, {"Content-Type": content_type}, body))
+
+
+def contains(box: dict, point: tuple[int, int]) -> bool:
+    return box["x"] <= point[0] <= box["x"] + box["width"] and box["y"] <= point[1] <= box["y"] + box["height"]
+
+
+def assert_answer_schema(body: dict) -> None:
+    assert set(body) >= {"emotion", "faces", "source", "image", "model"}
+    assert body["model"] == {"name": "resnet9", "sha256": runtime.pipeline.model.sha256}
+    for face in body["faces"]:
+        assert set(face) >= {"box", "emotion", "confidence", "scores", "source"}
+        assert set(face["box"]) == {"x", "y", "width", "height"}
+        assert face["emotion"] == max(face["scores"], key=face["scores"].get)
+        assert face["confidence"] == face["scores"][face["emotion"]]
+    if body["faces"]:
+        assert body["emotion"] == max(body["faces"], key=lambda f: f["confidence"])["emotion"]
+    else:
+        assert body["emotion"] is None
+
+
+@pytest.fixture
+def use_pipeline(monkeypatch):
+    """Run the handler with other settings, reusing the loaded model."""
+    def use(**changes) -> Pipeline:
+        pipe = Pipeline(dataclasses.replace(runtime.settings, **changes), model=runtime.pipeline.model)
+        monkeypatch.setattr(api, "pipeline", pipe)
+        return pipe
+    return use
+
+
+@pytest.fixture
+def stubbed_rekognition():
+    """The Rekognition client the pipeline will use, under a Stubber."""
+    s = runtime.settings
+    client = rekognition.client(s.rekognition_region, s.rekognition_connect_timeout,
+                                s.rekognition_read_timeout, s.rekognition_max_attempts)
+    with Stubber(client) as stubber:
+        yield client, stubber
+        stubber.assert_no_pending_responses()
+
+
+REKOGNITION_FACE = {
+    "BoundingBox": {"Width": 0.25, "Height": 0.5, "Left": 0.5, "Top": 0.25},
+    "Confidence": 99.9,
+    "Emotions": [{"Type": "CALM", "Confidence": 10.0}, {"Type": "SURPRISED", "Confidence": 80.0},
+                 {"Type": "CONFUSED", "Confidence": 5.0}, {"Type": "HAPPY", "Confidence": 5.0}],
+}
+
+
+# ---- the sample events -----------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["http-api-jpeg.json", "http-api-json.json", "http-api-json-data-url.json",
+                                  "http-api-prototype-form.json", "http-api-multipart.json",
+                                  "rest-api-prototype-form.json"])
+def test_sample_events_find_the_astronauts_face(name):
+    status, body = invoke(json.loads((EVENTS / name).read_text()))
+    assert status == 200, body
+    assert_answer_schema(body)
+    assert body["source"] == "local"
+    assert body["image"] == {"width": 512, "height": 512}
+    [face] = body["faces"]
+    assert contains(face["box"], ASTRONAUT_FACE)
+    assert 60 <= face["box"]["width"] <= 160
+    assert face["source"] == "local" and face["emotion"] in CLASSES
+    assert abs(sum(face["scores"].values()) - 1) < 1e-3
+    assert body["emotion"] == "HAPPY"  # she smiles
+
+
+def test_group_photo_classifies_every_face_in_one_batch(monkeypatch):
+    # events/images/group.jpg: the astronaut portrait pasted at 420 px (20,150), 360 px
+    # mirrored (470,60) and 300 px (900,300) on a 1280x720 canvas.
+    centres = [(204, 243), (672, 139), (1031, 366)]
+    calls = []
+    model = runtime.pipeline.model
+    original = type(model).predict
+    monkeypatch.setattr(type(model), "predict", lambda self, faces: calls.append(len(faces)) or original(self, faces))
+    status, body = invoke(json.loads((EVENTS / "http-api-group.json").read_text()))
+    assert status == 200
+    assert_answer_schema(body)
+    assert len(body["faces"]) == 3
+    assert calls == [3]
+    for centre in centres:
+        assert sum(contains(f["box"], centre) for f in body["faces"]) == 1, centre
+    assert [f["emotion"] for f in body["faces"]] == ["HAPPY"] * 3
+
+
+@pytest.mark.parametrize("name, status, code", [
+    ("bad-base64.json", 400, "invalid_base64"),
+    ("bad-not-an-image.json", 400, "invalid_image"),
+    ("bad-no-image.json", 400, "missing_image"),
+    ("bad-media-type.json", 415, "unsupported_media_type"),
+    ("bad-method.json", 405, "method_not_allowed"),
+    ("bad-route.json", 404, "not_found"),
+])
+def test_bad_sample_events_get_clear_errors(name, status, code):
+    got, body = invoke(json.loads((EVENTS / name).read_text()))
+    assert (got, body["error"]["code"]) == (status, code)
+    assert body["error"]["message"] and "Traceback" not in body["error"]["message"]
+
+
+# ---- bad input made here ---------------------------------------------------------
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **kw)
+    return buffer.getvalue()
+
+
+def test_truncated_jpeg_is_400(astronaut_jpeg):
+    status, body = post(astronaut_jpeg[:2000])
+    assert (status, body["error"]["code"]) == (400, "invalid_image")
+
+
+def test_gif_is_415(astronaut_jpeg):
+    gif = _encode(Image.open(io.BytesIO(astronaut_jpeg)), "GIF")
+    status, body = post(gif, "image/gif")
+    assert (status, body["error"]["code"]) == (415, "unsupported_image_format")
+    assert "JPEG" in body["error"]["message"]
+
+
+def test_empty_body_and_empty_field_are_400():
+    assert post(b"")[1]["error"]["code"] == "missing_image"
+    assert post(b"image=", "application/x-www-form-urlencoded", "/main")[1]["error"]["code"] == "missing_image"
+    status, body = post(b'["not", "an", "object"]', "application/json")
+    assert (status, body["error"]["code"]) == (400, "missing_image")
+    assert post(b"{not json", "application/json")[1]["error"]["code"] == "invalid_json"
+
+
+def test_multipart_without_image_field_is_400(astronaut_jpeg):
+    boundary = "XyZ"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + astronaut_jpeg + f"\r\n--{boundary}--\r\n".encode()
+    status, answer = post(body, f"multipart/form-data; boundary={boundary}")
+    assert (status, answer["error"]["code"]) == (400, "missing_image")
+
+
+def test_too_large_image_is_413_and_states_the_limit(use_pipeline, astronaut_jpeg):
+    use_pipeline(max_image_bytes=50_000)
+    status, body = post(astronaut_jpeg)
+    assert (status, body["error"]["code"]) == (413, "image_too_large")
+    assert "50000" in body["error"]["message"]
+
+
+def test_too_many_pixels_is_413(use_pipeline, astronaut_jpeg):
+    use_pipeline(max_image_pixels=512 * 511)
+    assert post(astronaut_jpeg)[0] == 413
+
+
+def test_webp_png_and_bmp_are_read(astronaut_jpeg):
+    img = Image.open(io.BytesIO(astronaut_jpeg))
+    for fmt, ctype in (("PNG", "image/png"), ("WEBP", "image/webp"), ("BMP", "image/bmp")):
+        status, body = post(_encode(img, fmt), ctype)
+        assert status == 200, (fmt, body)
+        assert contains(body["faces"][0]["box"], ASTRONAUT_FACE), fmt
+
+
+def test_exif_orientation_is_applied(astronaut_jpeg):
+    # Stored rotated by 90 degrees with EXIF orientation 6 ("rotate 90 CW to view"):
+    # a viewer, and we, see the upright portrait, so the face is where it always is.
+    img = Image.open(io.BytesIO(astronaut_jpeg)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    status, body = post(_encode(img, "JPEG", exif=exif.tobytes(), quality=92))
+    assert status == 200
+    [face] = body["faces"]
+    assert contains(face["box"], ASTRONAUT_FACE)
+
+
+def test_a_bug_is_a_500_without_a_trace(monkeypatch, astronaut_jpeg):
+    def broken(data):
+        raise RuntimeError("secret internals")
+    monkeypatch.setattr(api.pipeline, "analyse", broken)
+    status, body = post(astronaut_jpeg)
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    assert "secret" not in json.dumps(body)
+
+
+# ---- the Rekognition fallback ----------------------------------------------------
+
+def test_no_face_calls_detect_faces_once_in_seoul(stubbed_rekognition, coffee_jpeg):
+    client, stubber = stubbed_rekognition
+    assert client.meta.region_name == "ap-northeast-2"
+    stubber.add_response("detect_faces", {"FaceDetails": [REKOGNITION_FACE]},
+                         {"Image": {"Bytes": coffee_jpeg}, "Attributes": ["EMOTIONS"]})
+    status, body = post(coffee_jpeg)
+    assert status == 200
+    assert_answer_schema(body)
+    assert body["source"] == "rekognition"
+    [face] = body["faces"]
+    assert face["source"] == "rekognition"
+    assert face["emotion"] == "SURPRISE" and face["rekognition_type"] == "SURPRISED"
+    assert face["confidence"] == 0.8
+    assert face["scores"] == {"SURPRISE": 0.8, "NEUTRAL": 0.1, "CONFUSED": 0.05, "HAPPY": 0.05}
+    assert face["box"] == {"x": 300, "y": 100, "width": 150, "height": 200}  # 600x400 image
+    assert body["emotion"] == "SURPRISE"
+
+
+def test_confident_local_answer_does_not_call_rekognition(stubbed_rekognition, astronaut_jpeg):
+    client, stubber = stubbed_rekognition  # no response queued: a call would fail the request
+    calls = []
+    client.meta.events.register("before-parameter-build.rekognition.DetectFaces", lambda **kw: calls.append(1))
+    status, body = post(astronaut_jpeg)
+    assert status == 200 and body["source"] == "local" and not calls
+    client.meta.events.unregister("before-parameter-build.rekognition.DetectFaces")
+
+
+def test_no_face_and_no_face_for_rekognition_either(stubbed_rekognition, coffee_jpeg):
+    _, stubber = stubbed_rekognition
+    stubber.add_response("detect_faces", {"FaceDetails": []})
+    status, body = post(coffee_jpeg)
+    assert status == 200
+    assert (body["source"], body["faces"], body["emotion"]) == ("none", [], None)
+    assert "fallback_error" not in body
+
+
+@pytest.mark.parametrize("code, http_status", [
+    ("ThrottlingException", 400), ("ProvisionedThroughputExceededException", 400),
+    ("AccessDeniedException", 400), ("InvalidImageFormatException", 400),
+    ("ImageTooLargeException", 400), ("InternalServerError", 500),
+])
+def test_rekognition_errors_never_fail_the_request(stubbed_rekognition, coffee_jpeg, code, http_status):
+    _, stubber = stubbed_rekognition
+    stubber.add_client_error("detect_faces", service_error_code=code, service_message="nope",
+                             http_status_code=http_status)
+    status, body = post(coffee_jpeg)
+    assert status == 200
+    assert (body["source"], body["faces"]) == ("none", [])
+    assert body["fallback_error"] == {"code": code, "message": "nope"}
+
+
+@pytest.mark.parametrize("error", [ReadTimeoutError(endpoint_url="https://rekognition"),
+                                   ConnectTimeoutError(endpoint_url="https://rekognition")])
+def test_rekognition_timeouts_never_fail_the_request(stubbed_rekognition, monkeypatch, coffee_jpeg, error):
+    client, _ = stubbed_rekognition
+    def slow(**kwargs):
+        raise error
+    monkeypatch.setattr(client, "detect_faces", slow)
+    status, body = post(coffee_jpeg)
+    assert status == 200 and body["faces"] == []
+    assert body["fallback_error"]["code"] == type(error).__name__
+
+
+def test_client_has_timeouts_and_bounded_retries():
+    s = runtime.settings
+    client = rekognition.client(s.rekognition_region, s.rekognition_connect_timeout,
+                                s.rekognition_read_timeout, s.rekognition_max_attempts)
+    assert client.meta.config.connect_timeout == 2.0
+    assert client.meta.config.read_timeout == 5.0
+    assert client.meta.config.retries["total_max_attempts"] == 2
+
+
+def test_low_confidence_mode_asks_rekognition_when_unsure(use_pipeline, stubbed_rekognition, astronaut_jpeg):
+    _, stubber = stubbed_rekognition
+    use_pipeline(fallback_mode="low-confidence", confidence_threshold=1.01)  # never sure enough
+    stubber.add_response("detect_faces", {"FaceDetails": [REKOGNITION_FACE]},
+                         {"Image": {"Bytes": astronaut_jpeg}, "Attributes": ["EMOTIONS"]})
+    status, body = post(astronaut_jpeg)
+    assert status == 200 and body["source"] == "rekognition"
+    assert body["faces"][0]["box"] == {"x": 256, "y": 128, "width": 128, "height": 256}
+
+
+def test_low_confidence_mode_keeps_a_sure_local_answer(use_pipeline, stubbed_rekognition, astronaut_jpeg):
+    use_pipeline(fallback_mode="low-confidence", confidence_threshold=0.0)
+    status, body = post(astronaut_jpeg)
+    assert status == 200 and body["source"] == "local"
+
+
+def test_fallback_off_never_calls(use_pipeline, stubbed_rekognition, coffee_jpeg):
+    use_pipeline(fallback_mode="off")
+    status, body = post(coffee_jpeg)
+    assert status == 200 and body["source"] == "none" and "fallback_error" not in body
+
+
+def test_rekognition_gets_an_upright_jpeg_within_its_limits(stubbed_rekognition, astronaut_jpeg):
+    # A WebP is not accepted by Rekognition: the pipeline sends a JPEG instead.
+    _, stubber = stubbed_rekognition
+    noise = Image.effect_noise((300, 200), 60).convert("RGB")  # no face in it
+    sent = []
+    stubber.add_response("detect_faces", {"FaceDetails": []})
+    stubber.client.meta.events.register("before-parameter-build.rekognition.DetectFaces",
+                                        lambda params, **kw: sent.append(params["Image"]["Bytes"]))
+    status, _ = post(_encode(noise, "WEBP"), "image/webp")
+    assert status == 200
+    assert Image.open(io.BytesIO(sent[0])).format == "JPEG"
+    assert Image.open(io.BytesIO(sent[0])).size == (300, 200)
+    stubber.client.meta.events.unregister("before-parameter-build.rekognition.DetectFaces")
