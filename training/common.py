@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -11,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "function"))
 
-from emotion.model import CLASSES, ResNet  # noqa: E402  (the one definition of the network)
+from emotion.model import CLASSES, LoadedModel, ResNet, WeightsError, load_model  # noqa: E402  (the one definition of the network)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_val.npz"
 TRAINING, PUBLIC_TEST = 0, 1
@@ -35,25 +38,62 @@ def load_split(path: Path, usage: int | None) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def to_tensor(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N,48,48) -> normalised float (N,1,48,48), as the model expects."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+def has_usage(path: Path) -> bool:
+    """Whether the npz says which rows are Training and which PublicTest."""
+    with np.load(path) as data:
+        return "usage" in data.files
+
+
+def input_spec(mean: float, std: float) -> dict:
+    """The manifest's ``input``: how a 48x48 uint8 crop becomes the network's input,
+    ``(pixel / scale - mean) / std``.  Written once, at export; from then on every
+    user of the shipped weights (the Lambda, evaluate.py, train.py's own metrics of
+    the exported weights) normalises through ``LoadedModel.preprocess`` and this dict."""
+    return {"size": 48, "channels": 1, "scale": 255.0, "mean": round(mean, 6), "std": round(std, 6)}
+
+
+def to_tensor(images: np.ndarray, mean: float, std: float, scale: float = 255.0) -> torch.Tensor:
+    """uint8 (N,48,48) -> normalised float (N,1,48,48), as the model expects.
+
+    The same arithmetic, in the same order, as ``LoadedModel.preprocess`` (the tests
+    check that the two agree bit for bit); training uses this on its unrounded mean/std."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(scale)
     return x.sub_(mean).div_(std).unsqueeze(1)
 
 
-@torch.inference_mode()
-def predict_probs(model: torch.nn.Module, images: np.ndarray, mean: float, std: float,
-                  flip: bool = False, batch_size: int = 256) -> np.ndarray:
-    """Softmax probabilities for uint8 images; with flip, averaged with the mirrored image."""
+def _probs(model: torch.nn.Module, images: np.ndarray, mean: float | None, std: float | None,
+           flip: bool, batch_size: int, preprocess: Callable[[np.ndarray], torch.Tensor] | None):
+    """Softmax probabilities of the images and, with flip, of their mirror images."""
+    if preprocess is None:
+        if mean is None or std is None:
+            raise ValueError("give mean and std, or preprocess")
+        preprocess = lambda b: to_tensor(b, mean, std).contiguous(memory_format=torch.channels_last)  # noqa: E731
     model.eval()
-    out = []
+    plain, mirrored = [], []
     for start in range(0, len(images), batch_size):
-        x = to_tensor(images[start:start + batch_size], mean, std).contiguous(memory_format=torch.channels_last)
-        probs = torch.softmax(model(x).float(), dim=1)
+        x = preprocess(images[start:start + batch_size])
+        plain.append(torch.softmax(model(x).float(), dim=1))
         if flip:
-            probs = (probs + torch.softmax(model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
-        out.append(probs.numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(CLASSES)), np.float32)
+            mirrored.append(torch.softmax(model(torch.flip(x, dims=[3])).float(), dim=1))
+    return plain, mirrored
+
+
+def _cat(chunks: list[torch.Tensor]) -> np.ndarray:
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(CLASSES)), np.float32)
+
+
+@torch.inference_mode()
+def predict_probs(model: torch.nn.Module, images: np.ndarray, mean: float | None = None,
+                  std: float | None = None, flip: bool = False, batch_size: int = 256,
+                  preprocess: Callable[[np.ndarray], torch.Tensor] | None = None) -> np.ndarray:
+    """Softmax probabilities for uint8 images; with flip, averaged with the mirrored image.
+
+    Normalisation: ``preprocess`` (e.g. ``LoadedModel.preprocess``, which reads the
+    manifest's ``input``) or else ``to_tensor`` with ``mean`` and ``std``."""
+    plain, mirrored = _probs(model, images, mean, std, flip, batch_size, preprocess)
+    if flip:
+        return _cat([(p + q) / 2 for p, q in zip(plain, mirrored)])
+    return _cat(plain)
 
 
 def metrics(labels: np.ndarray, predicted: np.ndarray, n_classes: int = len(CLASSES)) -> dict:
@@ -75,13 +115,88 @@ def metrics(labels: np.ndarray, predicted: np.ndarray, n_classes: int = len(CLAS
     }
 
 
-def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mean: float, std: float) -> dict:
-    """Metrics without and with horizontal-flip test-time averaging."""
-    return {
-        "plain": metrics(labels, predict_probs(model, images, mean, std).argmax(1)),
-        "flip": metrics(labels, predict_probs(model, images, mean, std, flip=True).argmax(1)),
-    }
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mean: float | None = None,
+             std: float | None = None, preprocess: Callable[[np.ndarray], torch.Tensor] | None = None,
+             batch_size: int = 256) -> dict:
+    """Metrics without and with horizontal-flip test-time averaging (two forward passes
+    per image; the plain probabilities serve both)."""
+    plain, mirrored = _probs(model, images, mean, std, True, batch_size, preprocess)
+    flipped = _cat([(p + q) / 2 for p, q in zip(plain, mirrored)])
+    return {"plain": metrics(labels, _cat(plain).argmax(1)), "flip": metrics(labels, flipped.argmax(1))}
 
 
-__all__ = ["CLASSES", "DEFAULT_DATA", "PUBLIC_TEST", "ROOT", "ResNet", "TRAINING", "evaluate",
-           "load_split", "metrics", "predict_probs", "sha256_file", "to_tensor"]
+def evaluate_loaded(loaded: LoadedModel, images: np.ndarray, labels: np.ndarray) -> dict:
+    """``evaluate`` of shipped weights, normalised as their manifest says."""
+    return evaluate(loaded.net, images, labels, preprocess=loaded.preprocess)
+
+
+# ---- the figures in the manifest -----------------------------------------------------
+
+SAMPLE_N, SAMPLE_SEED = 500, 0
+
+
+def fixed_sample(images: np.ndarray, labels: np.ndarray, n: int = SAMPLE_N,
+                 seed: int = SAMPLE_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The same n rows every time: ``default_rng(seed).choice(len, n, replace=False)``,
+    sorted (all rows when there are no more than n)."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(labels), min(n, len(labels)), replace=False))
+    return images[rows], labels[rows]
+
+
+def sample_figures(labels: np.ndarray, probs: np.ndarray, seed: int = SAMPLE_SEED) -> dict:
+    """``metrics.sample`` of the manifest: plain predictions (what the service computes,
+    no flip averaging) on ``fixed_sample`` of PublicTest, rounded as ``metrics`` rounds."""
+    m = metrics(labels, probs.argmax(1))
+    return {"n": m["n"], "seed": seed, "flip": False, "accuracy": m["accuracy"],
+            "macro_f1": m["macro_f1"], "recall": m["recall"]}
+
+
+def sample_probs(loaded: LoadedModel, images: np.ndarray) -> np.ndarray:
+    """Plain probabilities of the shipped weights, batched as every caller of
+    ``sample_figures`` batches them (so the figures reproduce exactly)."""
+    return predict_probs(loaded.net, images, preprocess=loaded.preprocess)
+
+
+def shipped_metrics(loaded: LoadedModel, images: np.ndarray, labels: np.ndarray,
+                    full: dict | None = None, data: Path | None = None) -> dict:
+    """The manifest's ``metrics`` for the weights as shipped (fp16, normalised by the
+    manifest): all of PublicTest plain and flip-averaged, and ``sample``.
+    ``full``: ``evaluate_loaded`` of these same images, if already computed."""
+    full = full or evaluate_loaded(loaded, images, labels)
+    s_images, s_labels = fixed_sample(images, labels)
+    out = {"split": "FER2013 PublicTest", "weights": "shipped fp16", "n": full["plain"]["n"],
+           "accuracy": full["plain"]["accuracy"], "macro_f1": full["plain"]["macro_f1"],
+           "accuracy_flip": full["flip"]["accuracy"], "macro_f1_flip": full["flip"]["macro_f1"],
+           "recall": full["plain"]["recall"], "recall_flip": full["flip"]["recall"],
+           "sample": sample_figures(s_labels, sample_probs(loaded, s_images))}
+    if data is not None:
+        out.update(data=data.name, data_sha256=sha256_file(data))
+    return out
+
+
+def update_manifest(model_dir: Path, images: np.ndarray, labels: np.ndarray, full: dict | None = None,
+                    data: Path | None = None, loaded: LoadedModel | None = None) -> dict:
+    """Recompute ``metrics`` of ``model_dir``'s manifest from the shipped weights
+    (sha256-checked) on PublicTest ``images``/``labels`` and rewrite manifest.json
+    atomically; the weights file, its sha256 and every other key stay as they are.
+    ``loaded``/``full``: ``load_model(model_dir)`` and its ``evaluate_loaded`` on these
+    images, if the caller has them already."""
+    model_dir = Path(model_dir)
+    loaded = loaded or load_model(model_dir)
+    new_metrics = shipped_metrics(loaded, images, labels, full=full, data=data)
+    path = model_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if (manifest.get("sha256"), manifest.get("weights")) != (loaded.sha256, loaded.manifest["weights"]):
+        raise WeightsError(f"{path} changed while its metrics were computed; run again")
+    manifest["metrics"] = new_metrics
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return manifest
+
+
+__all__ = ["CLASSES", "DEFAULT_DATA", "PUBLIC_TEST", "ROOT", "ResNet", "SAMPLE_N", "SAMPLE_SEED", "TRAINING",
+           "evaluate", "evaluate_loaded", "fixed_sample", "has_usage", "input_spec", "load_split", "metrics",
+           "predict_probs", "sample_figures", "sample_probs", "sha256_file", "shipped_metrics", "to_tensor",
+           "update_manifest"]

@@ -6,7 +6,9 @@
 Checkpoints (every --save-every steps and at each epoch's end) go to --checkpoint-dir,
 outside the work tree; --resume continues exactly where the last one stopped (same data
 order, same augmentation).  Whenever PublicTest accuracy (with flip averaging) improves,
-the weights are exported in fp16 with their manifest to --out.
+the weights are exported in fp16 with their manifest to --out; the manifest's metrics
+are then those of the exported fp16 weights (training.common.update_manifest, the same
+as `python -m training.evaluate --update-manifest`).
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate,
-                             load_split, sha256_file, to_tensor)
+from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate, input_spec,
+                             load_split, sha256_file, to_tensor, update_manifest)
 from emotion.model import export_weights  # noqa: E402  (path set up by training.common)
 
 DEFAULT_CHECKPOINTS = Path(os.environ.get("EMOTION_CHECKPOINTS", Path.home() / ".cache" / "emotion-resnet9"))
@@ -37,10 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz (images, labels, usage)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule (AdamW)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (AdamW)")
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--erasing", type=float, default=0.25, help="probability of random erasing")
+    p.add_argument("--erasing", type=float, default=0.1, help="probability of random erasing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
@@ -84,17 +86,6 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
     return x
 
 
-def init_for_training(model: ResNet) -> ResNet:
-    """Start each residual branch as the identity (last BatchNorm's gamma = 0) and the
-    classifier at zero, so the first logits are 0 (loss ln 7) rather than the default
-    init's std of about 3.5 (loss about 8), which costs the first epoch."""
-    for branch in (model.res1, model.res2, model.res3):
-        torch.nn.init.zeros_(branch[-1][1].weight)
-    torch.nn.init.zeros_(model.classifier[-1].weight)
-    torch.nn.init.zeros_(model.classifier[-1].bias)
-    return model
-
-
 def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool) -> tuple[float, float]:
     """One optimisation step; returns (loss, accuracy) on the batch."""
     model.train()
@@ -134,10 +125,11 @@ def main(argv=None) -> int:
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
     torch.manual_seed(args.seed)
-    model = init_for_training(ResNet()).to(memory_format=torch.channels_last)
+    model = ResNet().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.25)
+                                                    steps_per_epoch=steps_per_epoch, pct_start=0.2,
+                                                    div_factor=10)
     state = {"epoch": 0, "step": 0, "best": -1.0, "seconds": 0.0}
     last = ckpt_dir / "last.pt"
     if args.resume and last.exists():
@@ -211,19 +203,27 @@ def main(argv=None) -> int:
             state["best"] = result["flip"]["accuracy"]
             torch.save(model.state_dict(), ckpt_dir / "best.pt")
             if not args.no_export:
-                manifest = export_weights(model, args.out, {
-                    "input": {"size": 48, "channels": 1, "scale": 255.0, "mean": round(mean, 6), "std": round(std, 6)},
-                    "metrics": {"split": "FER2013 PublicTest", "n": len(val_y),
+                # The fp32 figures that chose this epoch go first; the manifest's metrics are
+                # then recomputed from the weights as shipped (fp16, normalised by the
+                # manifest's input), as `python -m training.evaluate --update-manifest` does.
+                export_weights(model, args.out, {
+                    "input": input_spec(mean, std),
+                    "metrics": {"split": "FER2013 PublicTest", "weights": "fp32 (before export)", "n": len(val_y),
                                 "accuracy": result["plain"]["accuracy"], "macro_f1": result["plain"]["macro_f1"],
                                 "accuracy_flip": result["flip"]["accuracy"], "macro_f1_flip": result["flip"]["macro_f1"],
                                 "recall": result["plain"]["recall"]},
                     "training": {"command": command, "epochs": args.epochs, "best_epoch": epoch + 1,
+                                 "selected_by": {"accuracy_flip_fp32": result["flip"]["accuracy"]},
                                  "git_commit": commit, "data": args.data.name, "data_sha256": data_sha,
                                  "seconds": round(state["seconds"]), "torch": torch.__version__,
                                  "machine": f"{platform.machine()}, {args.threads} threads, "
                                             f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
                 })
-                print(f"exported weights to {args.out} (sha256 {manifest['sha256'][:12]})", flush=True)
+                manifest = update_manifest(args.out, val_x, val_y, data=args.data)
+                shipped = manifest["metrics"]
+                print(f"exported weights to {args.out} (sha256 {manifest['sha256'][:12]}; as shipped: accuracy "
+                      f"{shipped['accuracy']}, flip {shipped['accuracy_flip']}, sample {shipped['sample']['accuracy']})",
+                      flush=True)
         save_checkpoint()
     return 0
 
