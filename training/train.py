@@ -95,7 +95,7 @@ def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool) -> tu
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss), float((logits.argmax(1) == y).float().mean())
+    return float(loss.detach()), float((logits.argmax(1) == y).float().mean())
 
 
 def git_commit() -> str:
