@@ -69,12 +69,13 @@ def _probs(model: torch.nn.Module, images: np.ndarray, mean: float | None, std: 
             raise ValueError("give mean and std, or preprocess")
         preprocess = lambda b: to_tensor(b, mean, std).contiguous(memory_format=torch.channels_last)  # noqa: E731
     model.eval()
+    device = next(model.parameters()).device
     plain, mirrored = [], []
     for start in range(0, len(images), batch_size):
-        x = preprocess(images[start:start + batch_size])
-        plain.append(torch.softmax(model(x).float(), dim=1))
+        x = preprocess(images[start:start + batch_size]).to(device)
+        plain.append(torch.softmax(model(x).float(), dim=1).cpu())
         if flip:
-            mirrored.append(torch.softmax(model(torch.flip(x, dims=[3])).float(), dim=1))
+            mirrored.append(torch.softmax(model(torch.flip(x, dims=[3])).float(), dim=1).cpu())
     return plain, mirrored
 
 

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default: cuda when there is one); augmentation stays on the CPU")
     p.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINTS)
     p.add_argument("--resume", action="store_true", help="continue from checkpoint-dir/last.pt")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
@@ -89,7 +91,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
 def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool) -> tuple[float, float]:
     """One optimisation step; returns (loss, accuracy) on the batch."""
     model.train()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    device = next(model.parameters()).device
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x.contiguous(memory_format=torch.channels_last))
         loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
     torch.manual_seed(args.seed)
-    model = ResNet().to(memory_format=torch.channels_last)
+    model = ResNet().to(args.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=0.2,
@@ -133,11 +137,11 @@ def main(argv=None) -> int:
     state = {"epoch": 0, "step": 0, "best": -1.0, "seconds": 0.0}
     last = ckpt_dir / "last.pt"
     if args.resume and last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = torch.load(last, map_location=args.device, weights_only=False)
         if ckpt["args"]["epochs"] != args.epochs or ckpt["args"]["batch_size"] != args.batch_size:
             sys.exit(f"{last} was made with --epochs {ckpt['args']['epochs']} --batch-size "
                      f"{ckpt['args']['batch_size']}; resume with the same values")
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model"])  # onto the model's device
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
@@ -216,7 +220,7 @@ def main(argv=None) -> int:
                                  "selected_by": {"accuracy_flip_fp32": result["flip"]["accuracy"]},
                                  "git_commit": commit, "data": args.data.name, "data_sha256": data_sha,
                                  "seconds": round(state["seconds"]), "torch": torch.__version__,
-                                 "machine": f"{platform.machine()}, {args.threads} threads, "
+                                 "machine": f"{platform.machine()}, {args.device}, {args.threads} threads, "
                                             f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
                 })
                 manifest = update_manifest(args.out, val_x, val_y, data=args.data)

@@ -88,7 +88,7 @@ def export_weights(model: nn.Module, directory: Path, manifest: dict,
     The manifest is written last, so a reader never sees a sha256 of other bytes.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
