@@ -271,7 +271,7 @@ def test_sample_accuracy_well_above_chance(sample):
 
 # Per-class recall floors: far above what the model would score if its outputs were
 # read in alphabetical order (SAD, SURPRISE and NEUTRAL then fall to a few percent).
-RECALL_FLOOR = {"HAPPY": 0.6, "SURPRISE": 0.5, "NEUTRAL": 0.3, "SAD": 0.2, "ANGRY": 0.2, "FEAR": 0.2,
+RECALL_FLOOR = {"HAPPY": 0.6, "SURPRISE": 0.5, "NEUTRAL": 0.3, "SAD": 0.2, "ANGRY": 0.2, "FEAR": 0.15,
                 "DISGUST": 0.2}
 
 
