@@ -2,6 +2,11 @@
 
     python -m training.train --epochs 30            # from scratch
     python -m training.train --epochs 30 --resume   # go on from the last checkpoint
+    python -m training.train --epochs 6 --init DIR  # a new schedule from shipped weights
+
+--init starts from the weights of a model directory (manifest.json + weights, as in
+layers/model/) and keeps its input normalisation; the new manifest records the sha256
+and training command of those weights, so the whole chain can be repeated.
 
 Checkpoints (every --save-every steps and at each epoch's end) go to --checkpoint-dir,
 outside the work tree; --resume continues exactly where the last one stopped (same data
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 
 from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate, input_spec,
                              load_split, sha256_file, to_tensor, update_manifest)
-from emotion.model import export_weights  # noqa: E402  (path set up by training.common)
+from emotion.model import export_weights, load_model  # noqa: E402  (path set up by training.common)
 
 DEFAULT_CHECKPOINTS = Path(os.environ.get("EMOTION_CHECKPOINTS", Path.home() / ".cache" / "emotion-resnet9"))
 
@@ -50,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="cpu or cuda (default: cuda when there is one); augmentation stays on the CPU")
     p.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINTS)
     p.add_argument("--resume", action="store_true", help="continue from checkpoint-dir/last.pt")
+    p.add_argument("--init", type=Path, help="start from the weights of this model directory (warm start)")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
     p.add_argument("--out", type=Path, default=ROOT / "layers" / "model", help="where the best weights go")
     p.add_argument("--no-export", action="store_true", help="never write --out")
@@ -124,12 +130,18 @@ def main(argv=None) -> int:
         train_x, train_y, val_x, val_y = train_x[:args.limit], train_y[:args.limit], val_x[:args.limit], val_y[:args.limit]
     mean = float(train_x.mean() / 255.0)
     std = float(train_x.std() / 255.0)
+    init = load_model(args.init) if args.init else None
+    if init:  # the warm start keeps the normalisation its weights were trained with
+        mean, std = init.manifest["input"]["mean"], init.manifest["input"]["std"]
     train_t = to_tensor(train_x, mean, std)
     labels_t = torch.from_numpy(train_y)
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
     torch.manual_seed(args.seed)
-    model = ResNet().to(args.device, memory_format=torch.channels_last)
+    model = ResNet()
+    if init:
+        model.load_state_dict(init.net.state_dict())
+    model = model.to(args.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=0.2,
@@ -146,6 +158,8 @@ def main(argv=None) -> int:
         scheduler.load_state_dict(ckpt["scheduler"])
         state = ckpt["state"]
         print(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
+    elif init:  # export only what beats the starting point
+        state["best"] = init.manifest["metrics"]["accuracy_flip"]
 
     def save_checkpoint():
         tmp = last.with_suffix(".tmp")
@@ -219,6 +233,8 @@ def main(argv=None) -> int:
                     "training": {"command": command, "epochs": args.epochs, "best_epoch": epoch + 1,
                                  "selected_by": {"accuracy_flip_fp32": result["flip"]["accuracy"]},
                                  "git_commit": commit, "data": args.data.name, "data_sha256": data_sha,
+                                 **({"init": {"sha256": init.sha256, "training": init.manifest.get("training")}}
+                                    if init else {}),
                                  "seconds": round(state["seconds"]), "torch": torch.__version__,
                                  "machine": f"{platform.machine()}, {args.device}, {args.threads} threads, "
                                             f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
