@@ -130,7 +130,7 @@ def main(argv=None) -> int:
         train_x, train_y, val_x, val_y = train_x[:args.limit], train_y[:args.limit], val_x[:args.limit], val_y[:args.limit]
     mean = float(train_x.mean() / 255.0)
     std = float(train_x.std() / 255.0)
-    init = load_model(args.init) if args.init else None
+    init = load_model(args.init, fold=False) if args.init else None
     if init:  # the warm start keeps the normalisation its weights were trained with
         mean, std = init.manifest["input"]["mean"], init.manifest["input"]["std"]
     train_t = to_tensor(train_x, mean, std)

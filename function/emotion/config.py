@@ -27,6 +27,8 @@ class Settings:
     detect_scale_factor: float = 1.1
     detect_min_neighbors: int = 5
     detect_min_size: int = 24
+    detect_fast_side: int = 320
+    detect_fast_scale_factor: float = 1.2
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -47,6 +49,8 @@ class Settings:
             detect_scale_factor=float(_env("DETECT_SCALE_FACTOR", str(cls.detect_scale_factor))),
             detect_min_neighbors=int(_env("DETECT_MIN_NEIGHBORS", str(cls.detect_min_neighbors))),
             detect_min_size=int(_env("DETECT_MIN_SIZE", str(cls.detect_min_size))),
+            detect_fast_side=int(_env("DETECT_FAST_SIDE", str(cls.detect_fast_side))),
+            detect_fast_scale_factor=float(_env("DETECT_FAST_SCALE_FACTOR", str(cls.detect_fast_scale_factor))),
         )
 
 

@@ -23,27 +23,41 @@ class Box:
 class FaceDetector:
     """Haar-cascade face detector, loaded once and reused.
 
-    Large images are downscaled so that their longer side is at most ``max_side``
-    before detection; the boxes are mapped back to the original pixels."""
+    Detection runs in up to two passes over downscaled copies of the image (the boxes
+    are mapped back to the original pixels).  The fast pass looks at a copy whose
+    longer side is ``fast_side`` with a coarse ``fast_scale_factor``: it finds the faces
+    that fill a good part of the photo (at least ``min_size / fast_side`` of its longer
+    side, 7.5 % by default) in a fraction of the time.  Only when it finds none does the
+    full pass look again at ``max_side`` with ``scale_factor``, for smaller faces.
+    ``fast_side=0`` turns the fast pass off."""
 
     def __init__(self, max_side: int = 640, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_size: int = 24):
+                 min_size: int = 24, fast_side: int = 320, fast_scale_factor: float = 1.2):
         path = cv2.data.haarcascades + CASCADE_FILE
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
             raise RuntimeError(f"cannot load the Haar cascade {path}")
-        self.max_side = max_side
-        self.scale_factor = scale_factor
+        self.passes = [(max_side, scale_factor)]
+        if 0 < fast_side < max_side:
+            self.passes.insert(0, (fast_side, fast_scale_factor))
         self.min_neighbors = min_neighbors
         self.min_size = min_size
 
     def detect(self, grey: np.ndarray) -> list[Box]:
         """Boxes of the faces in a grey uint8 image, largest first."""
+        for max_side, scale_factor in self.passes:
+            boxes = self.detect_at(grey, max_side, scale_factor)
+            if boxes:
+                return boxes
+        return []
+
+    def detect_at(self, grey: np.ndarray, max_side: int, scale_factor: float) -> list[Box]:
+        """One pass: the image downscaled to a longer side of at most ``max_side``."""
         height, width = grey.shape
-        scale = min(1.0, self.max_side / max(height, width))
+        scale = min(1.0, max_side / max(height, width))
         small = grey if scale == 1.0 else cv2.resize(
             grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
-        found = self.cascade.detectMultiScale(small, scaleFactor=self.scale_factor,
+        found = self.cascade.detectMultiScale(small, scaleFactor=scale_factor,
                                               minNeighbors=self.min_neighbors,
                                               minSize=(self.min_size, self.min_size))
         boxes = []

@@ -5,15 +5,18 @@ import it.  Nothing here knows about Lambda, API Gateway or S3.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # FER2013's own class ids: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
 # Our logits are in the same order; these are the names the service returns.
@@ -152,9 +155,35 @@ class LoadedModel:
         return torch.softmax(logits.float(), dim=1).numpy()
 
 
-def load_model(directory: Path | str) -> LoadedModel:
+def fold_batchnorm(net: ResNet) -> ResNet:
+    """A copy of ``net`` (in eval mode) with every BatchNorm folded into the convolution
+    before it: the same function with one pass over each activation fewer.  Only for
+    inference; the copy's state_dict no longer has the prototype's keys."""
+    net = copy.deepcopy(net).eval()
+    for block in net.modules():
+        if (isinstance(block, nn.Sequential) and len(block) >= 2
+                and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d)):
+            block[0] = fuse_conv_bn_eval(block[0], block[1])
+            block[1] = nn.Identity()
+    return net
+
+
+def use_available_cpus() -> int:
+    """Make torch use as many threads as CPUs this process may run on (not as many as
+    the host has), and return that number."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    torch.set_num_threads(n)
+    return n
+
+
+def load_model(directory: Path | str, fold: bool = True) -> LoadedModel:
     """Load the shipped weights of ``directory`` (manifest.json + weights file),
-    refusing weights whose sha256 differs from the manifest's."""
+    refusing weights whose sha256 differs from the manifest's.  ``fold`` folds the
+    BatchNorms into the convolutions (fold_batchnorm) for inference; pass False for
+    a network with the prototype's modules, to train it further."""
     directory = Path(directory)
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
@@ -168,5 +197,7 @@ def load_model(directory: Path | str) -> LoadedModel:
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     net = ResNet(in_channels=manifest["input"]["channels"], num_classes=len(manifest["classes"]))
     net.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
+    if fold:
+        net = fold_batchnorm(net)
     net.eval().to(memory_format=torch.channels_last)
     return LoadedModel(net=net, manifest=manifest)

@@ -14,7 +14,7 @@ from emotion import rekognition
 from emotion.config import Settings
 from emotion.faces import FaceDetector, crop_face
 from emotion.images import DecodedImage, decode, jpeg_or_png_within
-from emotion.model import LoadedModel, load_model
+from emotion.model import LoadedModel, load_model, use_available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,14 @@ class Pipeline:
 
     def __init__(self, settings: Settings, model: LoadedModel | None = None):
         self.settings = settings
+        cv2.setNumThreads(use_available_cpus())
         self.model = model or load_model(settings.model_dir)
         self.detector = FaceDetector(max_side=settings.detect_max_side,
                                      scale_factor=settings.detect_scale_factor,
                                      min_neighbors=settings.detect_min_neighbors,
-                                     min_size=settings.detect_min_size)
+                                     min_size=settings.detect_min_size,
+                                     fast_side=settings.detect_fast_side,
+                                     fast_scale_factor=settings.detect_fast_scale_factor)
 
     @property
     def model_info(self) -> dict:

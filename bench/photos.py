@@ -1,0 +1,37 @@
+"""The benchmark's photos, made from the sample images in events/images/ (always the
+same bytes for the same inputs, so figures from different runs are comparable)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGES = Path(__file__).resolve().parents[1] / "events" / "images"
+
+
+def _jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _portrait(width: int, height: int) -> bytes:
+    """The astronaut portrait scaled to the photo's height, the sides filled by
+    mirroring its edges: one face, a photo of exactly width x height."""
+    rgb = np.asarray(Image.open(IMAGES / "astronaut.jpg").convert("RGB"))
+    rgb = cv2.resize(rgb, (height, height), interpolation=cv2.INTER_AREA if height < rgb.shape[0] else cv2.INTER_CUBIC)
+    left = (width - height) // 2
+    return _jpeg(cv2.copyMakeBorder(rgb, 0, 0, left, width - height - left, cv2.BORDER_REFLECT))
+
+
+def photos() -> dict[str, dict]:
+    """name -> {"data": JPEG bytes, "faces": faces in it, "label": what it is}."""
+    return {
+        "640x480": {"data": _portrait(640, 480), "faces": 1, "label": "one face, 640x480"},
+        "1920x1080": {"data": _portrait(1920, 1080), "faces": 1, "label": "one face, 1920x1080"},
+        "group": {"data": (IMAGES / "group.jpg").read_bytes(), "faces": 3, "label": "three faces, 1280x720"},
+        "no-face": {"data": (IMAGES / "coffee.jpg").read_bytes(), "faces": 0, "label": "no face, 600x400"},
+    }
