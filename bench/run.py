@@ -1,0 +1,224 @@
+"""`make bench`: where the time and the memory go, written to bench/results.json,
+docs/bench_latency.png and the figures section of BENCHMARKS.md.
+
+    python -m bench.run                 # everything (a few minutes)
+    python -m bench.run --reps 10       # quicker, noisier
+
+Each measurement runs in a fresh process (as a Lambda container would), several times
+for the cold start; nothing else should run on the machine meanwhile.  Never part of
+`make test`: timings are figures to read, not assertions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results.json"
+CHART = ROOT / "docs" / "bench_latency.png"
+DOC = ROOT / "BENCHMARKS.md"
+START, END = "<!-- figures: written by `make bench` (bench/run.py); do not edit by hand -->", "<!-- end of figures -->"
+FER_QUOTED_MS = 34.0  # issue #5: the `fer` package, 640x480 one face, warm, on this machine
+
+
+def child_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": f"{ROOT / 'function'}{os.pathsep}{ROOT}",
+                "MODEL_DIR": env.get("MODEL_DIR", str(ROOT / "layers" / "model")),
+                "AWS_DEFAULT_REGION": "ap-northeast-2", "AWS_EC2_METADATA_DISABLED": "true",
+                })
+    env.update(extra)
+    return env
+
+
+def run_child(module: str, *args: str, **env) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", module, *args], env=child_env(**env), cwd=ROOT,
+                          capture_output=True, text=True)
+    wall = (time.perf_counter() - t0) * 1000
+    if done.returncode != 0:
+        sys.exit(f"{module} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), wall
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    import torch
+    return {"cpu": model, "cpus_usable": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)"),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def cold_starts(n: int) -> dict:
+    runs = [run_child("bench.init") for _ in range(n)]
+    med = lambda values: round(statistics.median(values), 1)  # noqa: E731
+    first = runs[0][0]
+    return {
+        "n": n,
+        "process_wall_ms": med([wall for _, wall in runs]),
+        "imports_ms": {k: med([r["imports"][k] for r, _ in runs]) for k in first["imports"]},
+        "handler_module_ms": med([r["handler_module"] for r, _ in runs]),
+        "init_ms": med([r["total"] for r, _ in runs]),
+        "load_model_ms": med([r["load_model"] for r, _ in runs]),
+        "load_cascade_ms": med([r["load_cascade"] for r, _ in runs]),
+        "boto3_import_deferred_ms": med([r["boto3_import_deferred"] for r, _ in runs]),
+        "rss_after_init_mb": med([r["rss_after_init_mb"] for r, _ in runs]),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=40, help="warm repetitions per figure")
+    p.add_argument("--cold", type=int, default=5, help="fresh processes for the cold start")
+    p.add_argument("--no-write", action="store_true", help="print only; leave results.json and BENCHMARKS.md")
+    args = p.parse_args(argv)
+
+    print("cold starts ...", file=sys.stderr)
+    results = {"machine": machine(), "reps": args.reps, "cold_start": cold_starts(args.cold)}
+    print("warm requests, stages, variants, the prototype ...", file=sys.stderr)
+    results["warm"], _ = run_child("bench.warm", "--reps", str(args.reps))
+    print("OMP_WAIT_POLICY=PASSIVE ...", file=sys.stderr)
+    passive, _ = run_child("bench.warm", "--reps", str(args.reps), "--only-latency", OMP_WAIT_POLICY="PASSIVE")
+    results["warm_omp_passive"] = passive["end_to_end"]
+    from bench.sizes import sizes
+    results["sizes"] = sizes()
+    table = report(results)
+    print(table)
+    if not args.no_write:
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+        chart(results, CHART)
+        text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+        head, rest = text.split(START, 1)
+        DOC.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+        print(f"wrote {RESULTS.relative_to(ROOT)}, {CHART.relative_to(ROOT)}, {DOC.name}", file=sys.stderr)
+    return 0
+
+
+def targets(r: dict) -> list[tuple[str, str, str, bool]]:
+    w = r["warm"]
+    e2e = w["end_to_end"]["640x480"]["p50"]
+    st = w["stages"]["640x480"]
+    core = st["detect"] + st["classify_batched"]
+    fer = (w.get("fer") or {}).get("640x480", {}).get("p50")
+    fer_ms, fer_how = (fer, "measured") if fer else (FER_QUOTED_MS, "quoted in issue #5; `fer` not installed")
+    proto = w["prototype"]["latency"]["640x480"]["p50"]
+    init = r["cold_start"]["init_ms"]
+    rss = w["peak_rss_mb"]
+    return [
+        ("640x480, one face: faster than `fer`", f"{e2e:.1f} ms vs {fer_ms:.1f} ms ({fer_how})", "< fer", e2e < fer_ms),
+        ("... at most 1.3x detection + one forward pass", f"{e2e:.1f} / ({st['detect']:.1f} + {st['classify_batched']:.1f}) = {e2e / core:.2f}x",
+         "<= 1.3x", e2e / core <= 1.3),
+        ("... at least 6x faster than the prototype's path", f"{proto:.0f} / {e2e:.1f} ms = {proto / e2e:.1f}x", ">= 6x", proto / e2e >= 6),
+        ("init (imports + loading)", f"{init:.0f} ms", "<= 2000 ms", init <= 2000),
+        ("peak RSS of a warm process", f"{rss:.0f} MB", "<= 600 MB", rss <= 600),
+    ]
+
+
+def report(r: dict) -> str:
+    m, w, c, s = r["machine"], r["warm"], r["cold_start"], r["sizes"]
+    names = list(w["end_to_end"])
+    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cpus_usable']} CPUs usable), Python {m['python']}, "
+             f"torch {m['torch']}; torch and OpenCV threads {w['threads']['torch']} and {w['threads']['cv2']} "
+             f"(from `os.sched_getaffinity`); OMP_WAIT_POLICY {m['omp_wait_policy']}. "
+             f"Warm figures: {r['reps']} requests after 3 unmeasured ones; cold start: median of {c['n']} fresh processes.",
+             "", "### Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {g} | {'yes' if ok else '**no**'} |" for a, b, g, ok in targets(r)]
+    lines += ["", "### Warm requests through the handler (FALLBACK_MODE=off)", "",
+              "| photo | faces | p50 ms | p95 ms | p50, OMP_WAIT_POLICY=PASSIVE | prototype's path p50 ms | ratio |",
+              "|---|---|---|---|---|---|---|"]
+    for n in names:
+        e, pr = w["end_to_end"][n], w["prototype"]["latency"][n]["p50"]
+        lines.append(f"| {n} | {w['stages'][n]['faces']} | {e['p50']:.1f} | {e['p95']:.1f} | "
+                     f"{r['warm_omp_passive'][n]['p50']:.1f} | {pr:.0f} | {pr / e['p50']:.1f}x |")
+    rl = w["prototype"]["reload_per_request"]
+    lines += ["", f"The prototype's path reloads the fp32 weights ({rl['load_weights']:.0f} ms) and the cascade "
+              f"({rl['load_cascade']:.0f} ms) on every request and runs the cascade on the full-size image.",
+              "", "### Stages (p50 ms)", "",
+              "| photo | decode | grey | detect | fast pass enough | crop | classify, one batch | classify, one face at a time |",
+              "|---|---|---|---|---|---|---|---|"]
+    for n in names:
+        st = w["stages"][n]
+        lines.append(f"| {n} | {st['decode']:.1f} | {st['grey']:.1f} | {st['detect']:.1f} | "
+                     f"{'yes' if st['fast_pass_found'] else 'no'} | {st['crop']:.2f} | "
+                     f"{st.get('classify_batched', 0):.1f} | {st.get('classify_one_at_a_time', 0):.1f} |")
+    lines += ["", "### Detection settings (p50 ms, faces found)", "", "| detector | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for label, row in w["detection_variants"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{row[n]['ms']:.1f} ({row[n]['faces']})" for n in names) + " |")
+    lines += ["", "### The network (p50 ms; largest difference from eager fp32 on a batch of 3)", "",
+              "| variant | one face | batch of 3 | max abs diff |", "|---|---|---|---|"]
+    for label, v in w["model_variants"].items():
+        lines.append(f"| {label} | {v['batch1']:.1f} | {v['batch3']:.1f} | {v['max_abs_diff']:.1e} |")
+    imp = c["imports_ms"]
+    lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, weights, cascade, Powertools) | init in all | process wall |",
+              "|" + "---|" * (len(imp) + 3),
+              "| " + " | ".join(f"{v:.0f}" for v in imp.values()) + f" | {c['handler_module_ms']:.0f} | {c['init_ms']:.0f} | {c['process_wall_ms']:.0f} |",
+              "", f"Inside the handler module: loading and folding the weights {c['load_model_ms']:.0f} ms, the cascade "
+              f"{c['load_cascade_ms']:.0f} ms. boto3 is not imported at init: its {c['boto3_import_deferred_ms']:.0f} ms "
+              f"are paid by the first request that needs Rekognition. Resident memory after init {c['rss_after_init_mb']:.0f} MB; "
+              f"peak of the warm process after all the requests above {w['peak_rss_mb']:.0f} MB.",
+              "", f"### Installed size of the runtime's dependencies (Python {s['python']} here)", "",
+              f"In all {s['installed_mb']:.0f} MB installed, {s['image_mb']:.0f} MB after `function/trim_site_packages.py` "
+              f"(what the image holds); the model {s['model_mb']:.1f} MB.", "",
+              "| distribution | version | installed MB | in the image MB |", "|---|---|---|---|"]
+    for d in s["distributions"]:
+        if d["installed_mb"] >= 1:
+            lines.append(f"| {d['name']} | {d['version']} | {d['installed_mb']:.1f} | {d['image_mb']:.1f} |")
+    lines += ["", "torch by part (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in s["torch_parts_mb"].items())
+              + "; largest libraries: " + ", ".join(f"{k} {v:.0f}" for k, v in s["torch_largest_libs_mb"].items()) + "."]
+    return "\n".join(lines)
+
+
+def chart(r: dict, path: Path) -> None:
+    """Horizontal stacked bars: p50 of each photo, by stage."""
+    from PIL import Image, ImageDraw, ImageFont
+    w = r["warm"]
+    names = list(w["end_to_end"])
+    parts = [("decode", (107, 174, 214)), ("detect", (49, 130, 189)), ("classify", (230, 85, 13)),
+             ("the rest (handler, JSON, crops)", (189, 189, 189))]
+    rows = []
+    for n in names:
+        st = w["stages"][n]
+        d, det, cls = st["decode"] + st["grey"], st["detect"], st.get("classify_batched", 0.0)
+        rows.append((n, [d, det, cls, max(0.0, w["end_to_end"][n]["p50"] - d - det - cls)]))
+    try:
+        font = ImageFont.load_default(size=15)
+    except TypeError:
+        font = ImageFont.load_default()
+    width, left, bar, gap, top = 900, 150, 34, 22, 60
+    height = top + len(rows) * (bar + gap) + 90
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 15), "Warm request latency by stage, p50 ms (FALLBACK_MODE=off)", fill="black", font=font)
+    scale = (width - left - 90) / max(sum(v) for _, v in rows)
+    for i, (name, values) in enumerate(rows):
+        y = top + i * (bar + gap)
+        draw.text((10, y + 8), name, fill="black", font=font)
+        x = left
+        for (label, colour), v in zip(parts, values):
+            draw.rectangle([x, y, x + v * scale, y + bar], fill=colour)
+            x += v * scale
+        draw.text((x + 6, y + 8), f"{sum(values):.0f}", fill="black", font=font)
+    y = top + len(rows) * (bar + gap) + 10
+    x = left
+    for label, colour in parts:
+        draw.rectangle([x, y, x + 14, y + 14], fill=colour)
+        draw.text((x + 20, y - 1), label, fill="black", font=font)
+        x += 40 + draw.textlength(label, font=font)
+    proto = ", ".join(f"{n} {w['prototype']['latency'][n]['p50']:.0f}" for n in names)
+    draw.text((left, y + 30), f"The prototype's path on the same photos, p50 ms: {proto}", fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, optimize=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

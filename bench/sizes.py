@@ -1,0 +1,85 @@
+"""The installed size of the runtime's dependencies (function/requirements.txt plus torch,
+and everything they pull in), as the Lambda image holds them: measured on this
+checkout's .venv, before and after function/trim_site_packages.py's deletions."""
+from __future__ import annotations
+
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "function"))
+from trim_site_packages import unneeded  # noqa: E402
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def runtime_roots() -> list[str]:
+    lines = (ROOT / "function" / "requirements.txt").read_text().splitlines()
+    return ["torch", *(_name(line) for line in lines if line.strip() and not line.lstrip().startswith("#"))]
+
+
+def closure(roots: list[str]) -> dict[str, metadata.Distribution]:
+    """Every distribution the roots need (extras left out; other markers taken as true)."""
+    found: dict[str, metadata.Distribution] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # a marker-gated requirement that this platform does not install
+        found[name] = dist
+        for req in dist.requires or []:
+            if "extra ==" not in req.replace("extra==", "extra =="):
+                todo.append(_name(req))
+    return found
+
+
+def sizes() -> dict:
+    dists = closure(runtime_roots())
+    site = Path(next(iter(dists.values())).locate_file(""))
+    doomed = unneeded(site)
+    doomed_dirs = tuple(str(p) + "/" for p in doomed if p.is_dir())
+    doomed_files = {str(p) for p in doomed if not p.is_dir()}
+    rows = []
+    for name, dist in dists.items():
+        total = kept = 0
+        for f in dist.files or []:
+            path = Path(dist.locate_file(f))
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            total += size
+            p = str(path)
+            if p not in doomed_files and not p.startswith(doomed_dirs):
+                kept += size
+        rows.append({"name": name, "version": dist.version, "installed_mb": round(total / 2**20, 1),
+                     "image_mb": round(kept / 2**20, 1)})
+    rows.sort(key=lambda r: r["image_mb"], reverse=True)
+    torch_dir = site / "torch"
+    torch_parts = {}
+    for sub in ("lib", "include", "_inductor", "testing", "distributed", "share"):
+        path = torch_dir / sub
+        if path.exists():
+            torch_parts[sub] = round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+    libs = sorted(((f.name, f.stat().st_size) for f in (torch_dir / "lib").glob("*.so*")), key=lambda x: -x[1])[:5]
+    return {
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+        "distributions": rows,
+        "installed_mb": round(sum(r["installed_mb"] for r in rows), 1),
+        "image_mb": round(sum(r["image_mb"] for r in rows), 1),
+        "torch_parts_mb": torch_parts,
+        "torch_largest_libs_mb": {n: round(s / 2**20, 1) for n, s in libs},
+        "model_mb": round(sum(f.stat().st_size for f in (ROOT / "layers" / "model").iterdir()) / 2**20, 1),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    print(json.dumps(sizes(), indent=1))

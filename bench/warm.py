@@ -1,0 +1,219 @@
+"""Warm figures, in one process that is set up as a Lambda container is (the handler
+module imported once): end-to-end handler latency per photo, the stages, the model
+variants, and then the prototype's per-request path on the same photos.
+Prints one JSON object.  Run by bench.run."""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["FALLBACK_MODE"] = "off"  # no-face photos measure the local path only
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench.photos import photos  # noqa: E402
+from handlers import api  # noqa: E402  (the init phase: settings, weights, cascade)
+from handlers.runtime import pipeline  # noqa: E402
+from emotion.faces import FaceDetector, crop_face  # noqa: E402
+from emotion.images import decode  # noqa: E402
+from emotion.model import ResNet, load_model  # noqa: E402
+from local.events import LambdaContext, http_api_event  # noqa: E402
+
+
+def timings(fn, reps: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def summary(ms: list[float]) -> dict:
+    ms = sorted(ms)
+    return {"p50": round(statistics.median(ms), 2),
+            "p95": round(ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))], 2),
+            "n": len(ms)}
+
+
+def median(fn, reps: int) -> float:
+    return summary(timings(fn, reps))["p50"]
+
+
+def end_to_end(images: dict, reps: int) -> dict:
+    out = {}
+    for name, photo in images.items():
+        event = http_api_event("POST", "/emotion", {"content-type": "image/jpeg"}, photo["data"])
+        status = json.loads(api.lambda_handler(event, LambdaContext())["body"])
+        assert len(status["faces"]) == photo["faces"], (name, status["faces"])
+        out[name] = summary(timings(lambda: api.lambda_handler(event, LambdaContext()), reps))
+    return out
+
+
+def stages(images: dict, reps: int) -> dict:
+    s = pipeline.settings
+    model = pipeline.model
+    detector = pipeline.detector
+    out = {}
+    for name, photo in images.items():
+        data = photo["data"]
+        image = decode(data, s.max_image_bytes, s.max_image_pixels)
+        grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
+        boxes = detector.detect(grey)
+        crops = [crop_face(grey, b) for b in boxes]
+        row = {
+            "decode": median(lambda: decode(data, s.max_image_bytes, s.max_image_pixels), reps),
+            "grey": median(lambda: cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY), reps),
+            "detect": median(lambda: detector.detect(grey), reps),
+            "fast_pass_found": bool(len(detector.passes) == 2 and detector.detect_at(grey, *detector.passes[0])),
+            "crop": median(lambda: [crop_face(grey, b) for b in boxes], reps),
+            "faces": len(boxes),
+        }
+        if crops:
+            row["classify_batched"] = median(lambda: model.predict(crops), reps)
+            row["classify_one_at_a_time"] = median(lambda: [model.predict([c]) for c in crops], reps)
+        out[name] = row
+    return out
+
+
+def detection_variants(images: dict, reps: int) -> dict:
+    """The detector as shipped against full-pass-only (the previous setting) and
+    against no downscaling at all."""
+    s = pipeline.settings
+    variants = {
+        "two passes (320 @1.2, then 640 @1.1)": pipeline.detector,
+        "full pass only (640 @1.1)": FaceDetector(max_side=s.detect_max_side, scale_factor=s.detect_scale_factor,
+                                                  min_neighbors=s.detect_min_neighbors, min_size=s.detect_min_size,
+                                                  fast_side=0),
+        "no downscaling (@1.1)": FaceDetector(max_side=100_000, scale_factor=s.detect_scale_factor,
+                                              min_neighbors=s.detect_min_neighbors, min_size=s.detect_min_size,
+                                              fast_side=0),
+    }
+    out = {}
+    for label, det in variants.items():
+        row = {}
+        for name, photo in images.items():
+            grey = cv2.cvtColor(decode(photo["data"], 1 << 30, 1 << 30).rgb, cv2.COLOR_RGB2GRAY)
+            row[name] = {"ms": median(lambda: det.detect(grey), max(5, reps // 3)), "faces": len(det.detect(grey))}
+        out[label] = row
+    return out
+
+
+def model_variants(reps: int) -> dict:
+    """One face and a batch of 3: eager (BatchNorm as trained) against folded, with all
+    the CPUs and with one thread, and TorchScript trace + freeze for comparison."""
+    eager = load_model(pipeline.settings.model_dir, fold=False)
+    folded = pipeline.model
+    x1 = eager.preprocess([np.full((48, 48), 128, np.uint8)])
+    x3 = eager.preprocess([np.random.default_rng(i).integers(0, 255, (48, 48), dtype=np.uint8) for i in range(3)])
+    with torch.no_grad():
+        traced = torch.jit.freeze(torch.jit.trace(copy.deepcopy(eager.net), x3))
+    contiguous = copy.deepcopy(eager.net).to(memory_format=torch.contiguous_format)
+    nets = {"eager, channels_last": (eager.net, True), "eager, contiguous": (contiguous, False),
+            "BatchNorm folded, channels_last (shipped)": (folded.net, True),
+            "TorchScript trace + freeze": (traced, True)}
+    threads = torch.get_num_threads()
+    out = {}
+    with torch.inference_mode():
+        ref = eager.net(x3)
+        for n_threads in sorted({threads, 1}, reverse=True):
+            torch.set_num_threads(n_threads)
+            for label, (net, cl) in nets.items():
+                a, b = (x1, x3) if cl else (x1.contiguous(), x3.contiguous())
+                out[f"{label}, {n_threads} thread{'s' * (n_threads > 1)}"] = {
+                    "batch1": median(lambda: net(a), reps), "batch3": median(lambda: net(b), reps),
+                    "max_abs_diff": float((net(b) - ref).abs().max())}
+    torch.set_num_threads(threads)
+    return out
+
+
+class Prototype:
+    """The Flask prototype's request path: the fp32 weights and the cascade loaded on
+    every request, detection on the full-size image, each face classified alone."""
+
+    def __init__(self, weights: Path):
+        self.weights = weights
+
+    def __call__(self, data: bytes) -> list[str]:
+        from PIL import Image
+        net = ResNet()
+        net.load_state_dict(torch.load(self.weights, map_location="cpu"))
+        net.eval()
+        cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        labels = []
+        for (x, y, w, h) in cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24)):
+            face = cv2.resize(grey[y:y + h, x:x + w], (48, 48)).astype(np.float32) / 255.0
+            with torch.no_grad():
+                labels.append(int(net(torch.from_numpy(face)[None, None]).argmax()))
+        return labels
+
+
+def prototype(images: dict, reps: int) -> dict:
+    eager = load_model(pipeline.settings.model_dir, fold=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.pth"  # the prototype's fp32 state_dict (43 MB)
+        torch.save(eager.net.to(memory_format=torch.contiguous_format).state_dict(), weights)
+        proto = Prototype(weights)
+        out = {}
+        for name, photo in images.items():
+            out[name] = summary(timings(lambda: proto(photo["data"]), reps, warmup=1))
+        t = {"load_weights": median(lambda: ResNet().load_state_dict(torch.load(weights, map_location="cpu")), reps),
+             "load_cascade": median(lambda: cv2.CascadeClassifier(
+                 cv2.data.haarcascades + "haarcascade_frontalface_default.xml"), reps)}
+    return {"latency": out, "reload_per_request": t}
+
+
+def fer_peer(images: dict, reps: int) -> dict | None:
+    """The `fer` package on the same photos, when it is installed (never in the runtime)."""
+    try:
+        from fer import FER
+    except Exception:
+        return None
+    from PIL import Image
+    detector = FER()
+    out = {}
+    for name in ("640x480",):
+        bgr = cv2.cvtColor(np.asarray(Image.open(io.BytesIO(images[name]["data"])).convert("RGB")), cv2.COLOR_RGB2BGR)
+        out[name] = summary(timings(lambda: detector.detect_emotions(bgr), reps))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=40)
+    p.add_argument("--only-latency", action="store_true", help="end-to-end latency and memory only")
+    args = p.parse_args(argv)
+    images = photos()
+    result = {"threads": {"torch": torch.get_num_threads(), "cv2": cv2.getNumThreads(),
+                          "cpus": len(os.sched_getaffinity(0))},
+              "end_to_end": end_to_end(images, args.reps)}
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if not args.only_latency:
+        result["stages"] = stages(images, args.reps)
+        result["detection_variants"] = detection_variants(images, args.reps)
+        result["model_variants"] = model_variants(args.reps)
+        result["peak_rss_mb_after_stages"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["prototype"] = prototype(images, max(5, args.reps // 4))
+        result["fer"] = fer_peer(images, args.reps)
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
