@@ -20,6 +20,9 @@ EPOCHS ?= 30
 BATCH_SIZE ?= 64
 DATA ?= ../shared/data/fer2013/fer2013_train_val.npz
 RESUME ?=
+# a model directory to warm-start from (a new schedule over its weights)
+INIT ?=
+LR ?= 3e-3
 
 .PHONY: setup tools run invoke serve run-s3 test train evaluate events bench build sam-invoke deploy validate clean
 
@@ -58,13 +61,13 @@ test: setup tools
 	$(PY) -m pytest -q tests
 
 train: setup
-	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --data $(DATA) $(if $(RESUME),--resume)
+	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --lr $(LR) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
 
 evaluate: setup
 	$(PY) -m training.evaluate --data $(DATA)
 
 bench: setup
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # ---- machines with Docker and an AWS account -------------------------------------
 validate: tools

@@ -18,13 +18,15 @@ from pathlib import Path
 
 os.environ["FALLBACK_MODE"] = "off"  # no-face photos measure the local path only
 
+# The handler first, as in Lambda: its init sets what must precede torch's import.
+from handlers import api  # noqa: E402  (the init phase: settings, weights, cascade)
+from handlers.runtime import pipeline  # noqa: E402
+
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.photos import photos  # noqa: E402
-from handlers import api  # noqa: E402  (the init phase: settings, weights, cascade)
-from handlers.runtime import pipeline  # noqa: E402
 from emotion.faces import FaceDetector, crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
 from emotion.model import ResNet, load_model  # noqa: E402
@@ -201,6 +203,7 @@ def main(argv=None) -> int:
     images = photos()
     result = {"threads": {"torch": torch.get_num_threads(), "cv2": cv2.getNumThreads(),
                           "cpus": len(os.sched_getaffinity(0))},
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "end_to_end": end_to_end(images, args.reps)}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     if not args.only_latency:

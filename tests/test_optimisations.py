@@ -110,3 +110,22 @@ def test_the_fast_pass_can_be_turned_off(monkeypatch):
     monkeypatch.setenv("DETECT_FAST_SCALE_FACTOR", "1.3")
     s = Settings.from_env()
     assert (s.detect_fast_side, s.detect_fast_scale_factor) == (256, 1.3)
+
+
+def test_openmp_threads_sleep_when_idle():
+    """handlers/runtime.py sets OMP_WAIT_POLICY=PASSIVE before torch is imported (its
+    OpenMP reads it once, at load), unless the environment already says otherwise."""
+    import subprocess
+    import sys
+    code = ("import sys, handlers.runtime, os; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "function"), str(ROOT)])
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "PASSIVE"
+    source = (ROOT / "function" / "handlers" / "runtime.py").read_text()
+    assert source.index('"OMP_WAIT_POLICY"') < source.index("from emotion")
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1] == "ACTIVE"

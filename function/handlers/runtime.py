@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import os
 
+# Before torch is imported (its OpenMP reads this once, at load): idle OpenMP threads
+# sleep instead of spinning, so they leave the CPU to OpenCV's detection between
+# forward passes (10-25 % off warm requests, BENCHMARKS.md) and do not burn a
+# Lambda's fractional vCPU share.  An explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "emotion")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "EmotionService")
 
