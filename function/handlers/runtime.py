@@ -6,8 +6,8 @@ import os
 
 # Before torch is imported (its OpenMP reads this once, at load): idle OpenMP threads
 # sleep instead of spinning, so they leave the CPU to OpenCV's detection between
-# forward passes (10-25 % off warm requests, BENCHMARKS.md) and do not burn a
-# Lambda's fractional vCPU share.  An explicit setting in the environment wins.
+# forward passes and do not burn a Lambda's fractional vCPU share (BENCHMARKS.md:
+# 10-25 % faster in one run, within noise in another).  The environment's value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "emotion")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "EmotionService")
