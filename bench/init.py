@@ -43,8 +43,8 @@ def main() -> None:
     t0 = time.perf_counter()
     import boto3  # noqa: F401  (not imported at init: only by the first Rekognition call)
     boto = _ms(t0)
-    print(json.dumps({"imports": imports, "handler_module": handler_module, "total": total,
-                      "load_model": model, "load_cascade": cascade, "boto3_import_deferred": boto,
+    print(json.dumps({"imports_ms": imports, "handler_module_ms": handler_module, "init_ms": total,
+                      "load_model_ms": model, "load_cascade_ms": cascade, "boto3_import_deferred_ms": boto,
                       "rss_after_init_mb": round(rss_mb, 1)}))
 
 

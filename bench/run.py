@@ -71,19 +71,7 @@ def machine() -> dict:
 
 def cold_starts(n: int) -> dict:
     runs = [run_child("bench.init") for _ in range(n)]
-    med = lambda values: round(statistics.median(values), 1)  # noqa: E731
-    first = runs[0][0]
-    return {
-        "n": n,
-        "process_wall_ms": med([wall for _, wall in runs]),
-        "imports_ms": {k: med([r["imports"][k] for r, _ in runs]) for k in first["imports"]},
-        "handler_module_ms": med([r["handler_module"] for r, _ in runs]),
-        "init_ms": med([r["total"] for r, _ in runs]),
-        "load_model_ms": med([r["load_model"] for r, _ in runs]),
-        "load_cascade_ms": med([r["load_cascade"] for r, _ in runs]),
-        "boto3_import_deferred_ms": med([r["boto3_import_deferred"] for r, _ in runs]),
-        "rss_after_init_mb": med([r["rss_after_init_mb"] for r, _ in runs]),
-    }
+    return {"n": n, "process_wall_ms": median_of([wall for _, wall in runs]), **median_of([r for r, _ in runs])}
 
 
 def main(argv=None) -> int:

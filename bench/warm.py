@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from bench.photos import photos  # noqa: E402
 from emotion.faces import FaceDetector, crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
 from emotion.model import ResNet, load_model  # noqa: E402
+from emotion.pipeline import Pipeline  # noqa: E402
 from local.events import LambdaContext, http_api_event  # noqa: E402
 
 
@@ -94,15 +96,13 @@ def stages(images: dict, reps: int) -> dict:
 def detection_variants(images: dict, reps: int) -> dict:
     """The detector as shipped against full-pass-only (the previous setting) and
     against no downscaling at all."""
-    s = pipeline.settings
+    def detector(**overrides) -> FaceDetector:
+        return Pipeline(dataclasses.replace(pipeline.settings, **overrides), model=pipeline.model).detector
+
     variants = {
         "two passes (320 @1.2, then 640 @1.1)": pipeline.detector,
-        "full pass only (640 @1.1)": FaceDetector(max_side=s.detect_max_side, scale_factor=s.detect_scale_factor,
-                                                  min_neighbors=s.detect_min_neighbors, min_size=s.detect_min_size,
-                                                  fast_side=0),
-        "no downscaling (@1.1)": FaceDetector(max_side=100_000, scale_factor=s.detect_scale_factor,
-                                              min_neighbors=s.detect_min_neighbors, min_size=s.detect_min_size,
-                                              fast_side=0),
+        "full pass only (640 @1.1)": detector(detect_fast_side=0),
+        "no downscaling (@1.1)": detector(detect_fast_side=0, detect_max_side=100_000),
     }
     out = {}
     for label, det in variants.items():

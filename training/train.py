@@ -138,10 +138,7 @@ def main(argv=None) -> int:
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
     torch.manual_seed(args.seed)
-    model = ResNet()
-    if init:
-        model.load_state_dict(init.net.state_dict())
-    model = model.to(args.device, memory_format=torch.channels_last)
+    model = (init.net if init else ResNet()).to(args.device, memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=0.2,

@@ -5,7 +5,6 @@ import it.  Nothing here knows about Lambda, API Gateway or S3.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -156,10 +155,10 @@ class LoadedModel:
 
 
 def fold_batchnorm(net: ResNet) -> ResNet:
-    """A copy of ``net`` (in eval mode) with every BatchNorm folded into the convolution
-    before it: the same function with one pass over each activation fewer.  Only for
-    inference; the copy's state_dict no longer has the prototype's keys."""
-    net = copy.deepcopy(net).eval()
+    """Fold every BatchNorm of ``net`` into the convolution before it, in place, and
+    return ``net`` in eval mode: the same function with one pass over each activation
+    fewer.  Only for inference; its state_dict no longer has the prototype's keys."""
+    net.eval()
     for block in net.modules():
         if (isinstance(block, nn.Sequential) and len(block) >= 2
                 and isinstance(block[0], nn.Conv2d) and isinstance(block[1], nn.BatchNorm2d)):
