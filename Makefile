@@ -22,7 +22,8 @@ DATA ?= ../shared/data/fer2013/fer2013_train_val.npz
 RESUME ?=
 # a model directory to warm-start from (a new schedule over its weights)
 INIT ?=
-LR ?= 3e-3
+# the peak learning rate; empty: train.py's default (3e-3)
+LR ?=
 
 .PHONY: setup tools run invoke serve run-s3 test train evaluate events bench build sam-invoke deploy validate clean
 
@@ -61,7 +62,7 @@ test: setup tools
 	$(PY) -m pytest -q tests
 
 train: setup
-	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --lr $(LR) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
+	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) $(if $(LR),--lr $(LR)) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
 
 evaluate: setup
 	$(PY) -m training.evaluate --data $(DATA)

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from bench.photos import photos  # noqa: E402
 from emotion.faces import FaceDetector, crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
-from emotion.model import ResNet, load_model  # noqa: E402
+from emotion.model import ResNet, available_cpus, load_model  # noqa: E402
 from emotion.pipeline import Pipeline  # noqa: E402
 from local.events import LambdaContext, http_api_event  # noqa: E402
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     images = photos()
     result = {"threads": {"torch": torch.get_num_threads(), "cv2": cv2.getNumThreads(),
-                          "cpus": len(os.sched_getaffinity(0))},
+                          "cpus": available_cpus()},
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
               "end_to_end": end_to_end(images, args.reps)}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate, input_spec,
                              load_split, sha256_file, to_tensor, update_manifest)
-from emotion.model import export_weights, load_model  # noqa: E402  (path set up by training.common)
+from emotion.model import available_cpus, export_weights, load_model  # noqa: E402  (path set up by training.common)
 
 DEFAULT_CHECKPOINTS = Path(os.environ.get("EMOTION_CHECKPOINTS", Path.home() / ".cache" / "emotion-resnet9"))
 
@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--erasing", type=float, default=0.1, help="probability of random erasing")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--threads", type=int, default=available_cpus())
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when there is one); augmentation stays on the CPU")

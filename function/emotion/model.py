@@ -167,13 +167,17 @@ def fold_batchnorm(net: ResNet) -> ResNet:
     return net
 
 
-def use_available_cpus() -> int:
-    """Make torch use as many threads as CPUs this process may run on (not as many as
-    the host has), and return that number."""
+def available_cpus() -> int:
+    """How many CPUs this process may run on (not how many the host has)."""
     try:
-        n = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
+        return os.cpu_count() or 1
+
+
+def use_available_cpus() -> int:
+    """Make torch use one thread per available CPU, and return that number."""
+    n = available_cpus()
     torch.set_num_threads(n)
     return n
 
