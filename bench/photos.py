@@ -32,6 +32,7 @@ def photos() -> dict[str, dict]:
     return {
         "640x480": {"data": _portrait(640, 480), "faces": 1, "label": "one face, 640x480"},
         "1920x1080": {"data": _portrait(1920, 1080), "faces": 1, "label": "one face, 1920x1080"},
+        "4032x3024": {"data": _portrait(4032, 3024), "faces": 1, "label": "one face, 12 megapixels (a phone's photo)"},
         "group": {"data": (IMAGES / "group.jpg").read_bytes(), "faces": 3, "label": "three faces, 1280x720"},
         "no-face": {"data": (IMAGES / "coffee.jpg").read_bytes(), "faces": 0, "label": "no face, 600x400"},
     }

@@ -15,6 +15,7 @@ from conftest import EVENTS
 from PIL import Image
 
 from emotion import rekognition
+from emotion.images import decode
 from emotion.model import CLASSES
 from emotion.pipeline import Pipeline
 from handlers import api, runtime
@@ -199,6 +200,38 @@ def test_exif_orientation_is_applied(astronaut_jpeg):
     assert status == 200
     [face] = body["faces"]
     assert contains(face["box"], ASTRONAUT_FACE)
+
+
+def test_a_phone_photo_is_decoded_at_reduced_size_and_answered_in_its_own_pixels(astronaut_jpeg):
+    # A 12-megapixel portrait photo as phones store it: 4032x3024 pixels lying on their
+    # side, with EXIF orientation 6.  Upright it is 3024 wide and 4032 high, the face
+    # at the top (the portrait scaled to 3024x3024, then the bottom mirrored).
+    portrait = Image.open(io.BytesIO(astronaut_jpeg)).convert("RGB").resize((3024, 3024), Image.Resampling.BICUBIC)
+    upright = Image.new("RGB", (3024, 4032))
+    upright.paste(portrait, (0, 0))
+    upright.paste(portrait.crop((0, 2016, 3024, 3024)).transpose(Image.Transpose.FLIP_TOP_BOTTOM), (0, 3024))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes(), quality=90)
+
+    pipe = runtime.pipeline
+    reduced = decode(data, 1 << 30, 1 << 30, min_side=2 * pipe.settings.detect_max_side)
+    full = decode(data, 1 << 30, 1 << 30)
+    assert (full.width, full.height, full.scale) == (3024, 4032, 1.0)
+    assert (reduced.width, reduced.height, reduced.scale) == (3024, 4032, 0.5)
+    assert reduced.rgb.shape == (2016, 1512, 3)
+
+    status, body = post(data)
+    assert status == 200
+    assert_answer_schema(body)
+    assert body["image"] == {"width": 3024, "height": 4032}
+    [face] = body["faces"]
+    assert contains(face["box"], (ASTRONAUT_FACE[0] * 3024 // 512, ASTRONAUT_FACE[1] * 3024 // 512))
+    # The same face, in the same place, as decoding every pixel would give.
+    [at_full_size] = pipe.local_faces(full)
+    for key in ("x", "y", "width", "height"):
+        assert abs(face["box"][key] - at_full_size["box"][key]) <= 8, key
+    assert face["emotion"] == at_full_size["emotion"]
 
 
 def test_a_bug_is_a_500_without_a_trace(monkeypatch, astronaut_jpeg):

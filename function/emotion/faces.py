@@ -19,6 +19,14 @@ class Box:
     def to_dict(self) -> dict:
         return {"x": self.x, "y": self.y, "width": self.width, "height": self.height}
 
+    def scaled(self, factor: float, width: int, height: int) -> "Box":
+        """This box in a copy of its image ``factor`` times as large, clipped to that
+        copy's ``width`` x ``height``."""
+        x0, y0 = int(round(self.x * factor)), int(round(self.y * factor))
+        x1 = min(width, int(round((self.x + self.width) * factor)))
+        y1 = min(height, int(round((self.y + self.height) * factor)))
+        return Box(x0, y0, x1 - x0, y1 - y0)
+
 
 class FaceDetector:
     """Haar-cascade face detector, loaded once and reused.
@@ -60,11 +68,8 @@ class FaceDetector:
         found = self.cascade.detectMultiScale(small, scaleFactor=scale_factor,
                                               minNeighbors=self.min_neighbors,
                                               minSize=(self.min_size, self.min_size))
-        boxes = []
-        for (x, y, w, h) in (found if len(found) else []):
-            x0, y0 = int(round(x / scale)), int(round(y / scale))
-            x1, y1 = min(width, int(round((x + w) / scale))), min(height, int(round((y + h) / scale)))
-            boxes.append(Box(x0, y0, x1 - x0, y1 - y0))
+        boxes = [Box(int(x), int(y), int(w), int(h)).scaled(1 / scale, width, height)
+                 for (x, y, w, h) in (found if len(found) else [])]
         return sorted(boxes, key=lambda b: b.width * b.height, reverse=True)
 
 

@@ -40,7 +40,7 @@ class Pipeline:
     def analyse(self, data: bytes) -> dict:
         """The answer for one image.  Raises emotion.errors.InputError for bad input;
         a failing Rekognition never raises (the answer gets ``fallback_error``)."""
-        image = decode(data, self.settings.max_image_bytes, self.settings.max_image_pixels)
+        image = self.decode(data)
         faces = self.local_faces(image)
         source = "local" if faces else "none"
         fallback_error = None
@@ -65,6 +65,13 @@ class Pipeline:
             result["fallback_error"] = fallback_error
         return result
 
+    def decode(self, data: bytes) -> DecodedImage:
+        """The image, a large JPEG at reduced size: twice the detection resolution is
+        kept, so that every face the detector can find still has at least
+        2 * detect_min_size pixels for the model's 48-pixel crop."""
+        s = self.settings
+        return decode(data, s.max_image_bytes, s.max_image_pixels, min_side=2 * s.detect_max_side)
+
     def local_faces(self, image: DecodedImage) -> list[dict]:
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
         boxes = self.detector.detect(grey)
@@ -77,7 +84,7 @@ class Pipeline:
         for box, p in zip(boxes, probs):
             top = int(np.argmax(p))
             faces.append({
-                "box": box.to_dict(),
+                "box": box.scaled(1 / image.scale, image.width, image.height).to_dict(),
                 "emotion": classes[top],
                 "confidence": round(float(p[top]), 4),
                 "scores": {c: round(float(s), 4) for c, s in zip(classes, p)},
