@@ -215,7 +215,7 @@ def test_a_phone_photo_is_decoded_at_reduced_size_and_answered_in_its_own_pixels
     data = _encode(upright.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes(), quality=90)
 
     pipe = runtime.pipeline
-    reduced = decode(data, 1 << 30, 1 << 30, min_side=2 * pipe.settings.detect_max_side)
+    reduced = pipe.decode(data)
     full = decode(data, 1 << 30, 1 << 30)
     assert (full.width, full.height, full.scale) == (3024, 4032, 1.0)
     assert (reduced.width, reduced.height, reduced.scale) == (3024, 4032, 0.5)
