@@ -80,7 +80,14 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=3, help="fresh warm processes; each figure is their median")
     p.add_argument("--cold", type=int, default=5, help="fresh processes for the cold start")
     p.add_argument("--no-write", action="store_true", help="print only; leave results.json and BENCHMARKS.md")
+    p.add_argument("--sizes-only", action="store_true",
+                   help="measure the installed sizes only; the other figures are kept from results.json")
     args = p.parse_args(argv)
+    from bench.sizes import sizes
+    if args.sizes_only:
+        results = {**json.loads(RESULTS.read_text()), "sizes": sizes()}
+        write(results, args.no_write)
+        return 0
 
     print("cold starts ...", file=sys.stderr)
     results = {"machine": machine(), "reps": args.reps, "runs": args.runs, "cold_start": cold_starts(args.cold)}
@@ -92,18 +99,23 @@ def main(argv=None) -> int:
     results["warm_omp_default"] = median_of([
         run_child("bench.warm", "--reps", str(args.reps), "--only-latency", OMP_WAIT_POLICY="")[0]["end_to_end"]
         for _ in range(args.runs)])
-    from bench.sizes import sizes
     results["sizes"] = sizes()
+    write(results, args.no_write)
+    return 0
+
+
+def write(results: dict, print_only: bool) -> None:
+    """Print the figures; unless ``print_only``, write results.json, the chart and BENCHMARKS.md's figures."""
     table = report(results)
     print(table)
-    if not args.no_write:
-        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
-        chart(results, CHART)
-        text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
-        head, rest = text.split(START, 1)
-        DOC.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
-        print(f"wrote {RESULTS.relative_to(ROOT)}, {CHART.relative_to(ROOT)}, {DOC.name}", file=sys.stderr)
-    return 0
+    if print_only:
+        return
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    chart(results, CHART)
+    text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    DOC.write_text(head + START + "\n" + table + "\n" + END + rest.split(END, 1)[1])
+    print(f"wrote {RESULTS.relative_to(ROOT)}, {CHART.relative_to(ROOT)}, {DOC.name}", file=sys.stderr)
 
 
 def targets(r: dict) -> list[tuple[str, str, str, bool]]:
@@ -174,7 +186,10 @@ def report(r: dict) -> str:
               f"peak of the warm process after all the requests above {w['peak_rss_mb']:.0f} MB.",
               "", f"### Installed size of the runtime's dependencies (Python {s['python']} here)", "",
               f"In all {s['installed_mb']:.0f} MB installed, {s['image_mb']:.0f} MB after `function/trim_site_packages.py` "
-              f"(what the image holds); the model {s['model_mb']:.1f} MB.", "",
+              f"(what the image holds); the model {s['model_mb']:.1f} MB. torch is installed without its dependencies "
+              f"(`--no-deps`), which the runtime never imports; a plain install would add "
+              f"{sum(d['installed_mb'] for d in s['left_out']):.0f} MB more: "
+              + ", ".join(f"{d['name']} {d['installed_mb']:.1f}" for d in s["left_out"]) + ".", "",
               "| distribution | version | installed MB | in the image MB |", "|---|---|---|---|"]
     for d in s["distributions"]:
         if d["installed_mb"] >= 1:

@@ -1,6 +1,9 @@
-"""The installed size of the runtime's dependencies (function/requirements.txt plus torch,
-and everything they pull in), as the Lambda image holds them: measured on this
-checkout's .venv, before and after function/trim_site_packages.py's deletions."""
+"""The installed size of the runtime's dependencies as the Lambda image holds them:
+function/requirements.txt and everything it pulls in, plus torch alone (function/Dockerfile
+installs it with --no-deps: the runtime imports none of its dependencies but
+typing_extensions, which requirements.txt pins).  Measured on this checkout's .venv,
+before and after function/trim_site_packages.py's deletions; torch's dependencies that
+the image leaves out are listed apart."""
 from __future__ import annotations
 
 import re
@@ -17,9 +20,10 @@ def _name(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
-def runtime_roots() -> list[str]:
+def requirements() -> list[str]:
+    """The distributions function/requirements.txt names."""
     lines = (ROOT / "function" / "requirements.txt").read_text().splitlines()
-    return ["torch", *(_name(line) for line in lines if line.strip() and not line.lstrip().startswith("#"))]
+    return [_name(line) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
 def closure(roots: list[str]) -> dict[str, metadata.Distribution]:
@@ -41,8 +45,24 @@ def closure(roots: list[str]) -> dict[str, metadata.Distribution]:
     return found
 
 
+def image_distributions() -> dict[str, metadata.Distribution]:
+    """What function/Dockerfile installs: torch without its dependencies, then requirements.txt."""
+    return {"torch": metadata.distribution("torch"), **closure(requirements())}
+
+
+def left_out() -> dict[str, metadata.Distribution]:
+    """torch's dependencies (and theirs) that the image does not install."""
+    image = image_distributions()
+    return {name: dist for name, dist in closure(["torch"]).items() if name not in image}
+
+
+def _mb(dist: metadata.Distribution) -> float:
+    files = (Path(dist.locate_file(f)) for f in dist.files or [])
+    return round(sum(p.stat().st_size for p in files if p.is_file()) / 2**20, 1)
+
+
 def sizes() -> dict:
-    dists = closure(runtime_roots())
+    dists = image_distributions()
     site = Path(next(iter(dists.values())).locate_file(""))
     doomed = unneeded(site)
     doomed_dirs = tuple(str(p) + "/" for p in doomed if p.is_dir())
@@ -74,6 +94,8 @@ def sizes() -> dict:
         "distributions": rows,
         "installed_mb": round(sum(r["installed_mb"] for r in rows), 1),
         "image_mb": round(sum(r["image_mb"] for r in rows), 1),
+        "left_out": [{"name": name, "version": dist.version, "installed_mb": _mb(dist)}
+                     for name, dist in sorted(left_out().items())],
         "torch_parts_mb": torch_parts,
         "torch_largest_libs_mb": {n: round(s / 2**20, 1) for n, s in libs},
         "model_mb": round(sum(f.stat().st_size for f in (ROOT / "layers" / "model").iterdir()) / 2**20, 1),

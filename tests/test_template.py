@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from itertools import combinations
 from pathlib import Path
@@ -550,3 +551,56 @@ def test_docker_context(tools_env):
         assert not path.startswith((".git/", ".venv/", ".tools/", ".aws-sam/", "tests/", "training/",
                                     "bench/", "events/", "function/local/")), path
         assert "__pycache__" not in path and not path.endswith(".pyc"), path
+
+
+WITHOUT = """
+import importlib.abc, json, sys
+blocked = set(sys.argv[1].split(","))
+for name in [m for m in sys.modules if m.split(".")[0] in blocked]:
+    del sys.modules[name]   # put there at start-up by a .pth file of this venv
+
+
+class NotInTheImage(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in blocked:
+            raise ModuleNotFoundError(f"{name} is not in the Lambda image", name=name)
+
+
+sys.meta_path.insert(0, NotInTheImage())
+import handlers.api, handlers.s3
+from local.events import LambdaContext
+answers = {}
+for name in sys.argv[2:]:
+    with open(name) as f:
+        answer = handlers.api.lambda_handler(json.load(f), LambdaContext())
+    answers[name] = {"status": answer["statusCode"], "body": json.loads(answer["body"])}
+print(json.dumps(answers))
+"""
+
+
+def test_the_handlers_run_without_the_torch_dependencies_that_the_image_leaves_out():
+    """function/Dockerfile installs torch with --no-deps: the handlers must import and
+    answer real requests with those dependencies (sympy, networkx, ...) unimportable."""
+    from importlib.metadata import packages_distributions
+
+    from bench.sizes import image_distributions, left_out
+    instructions = dockerfile_instructions()
+    torch_install = next(arg for op, arg in instructions if op == "RUN" and "torch==" in arg)
+    assert "--no-deps" in torch_install.split("&&")[0]
+    image, gone = image_distributions(), left_out()
+    assert {"sympy", "networkx"} <= set(gone) and "typing-extensions" in image
+    normal = lambda dist: dist.lower().replace("_", "-")  # noqa: E731
+    blocked = sorted(module for module, dists in packages_distributions().items()
+                     if all(normal(d) in gone for d in dists))
+    assert "sympy" in blocked and "torch" not in blocked
+    events = [ROOT / "events" / "http-api-jpeg.json", ROOT / "events" / "http-api-group.json",
+              ROOT / "events" / "http-api-prototype-form.json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "function"), str(ROOT)]),
+           "FALLBACK_MODE": "off", "AWS_REGION": "ap-northeast-2"}
+    done = run([sys.executable, "-c", WITHOUT, ",".join(blocked), *events], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    one, group, prototype = (answers[str(e)] for e in events)
+    assert one["status"] == group["status"] == prototype["status"] == 200
+    assert len(one["body"]["faces"]) == 1 and len(group["body"]["faces"]) >= 2
+    assert prototype["body"]["emotion"] == one["body"]["faces"][0]["emotion"]
