@@ -25,7 +25,7 @@ INIT ?=
 # the peak learning rate; empty: train.py's default (3e-3)
 LR ?=
 
-.PHONY: setup tools run invoke serve run-s3 test train evaluate events bench build sam-invoke deploy validate clean
+.PHONY: setup tools run invoke serve run-s3 test train evaluate events bench fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,16 @@ evaluate: setup
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# The peer that issue #5 measures against, in its own environment (it needs TensorFlow,
+# never in the runtime's).  fer's own requirements would pull facenet-pytorch and with it
+# an unpinned torch (gigabytes of CUDA); its cascade path needs only these.
+fer-venv: .venv-fer/.installed
+.venv-fer/.installed:
+	$(PYTHON) -m venv .venv-fer
+	.venv-fer/bin/pip install -q tensorflow-cpu opencv-contrib-python pandas tqdm requests "setuptools<81" Pillow
+	.venv-fer/bin/pip install -q --no-deps fer==25.10.3
+	touch $@
+
 # ---- machines with Docker and an AWS account -------------------------------------
 validate: tools
 	$(SAM) validate --region ap-northeast-2 && $(SAM) validate --lint --region ap-northeast-2
@@ -84,4 +94,4 @@ deploy: build
 	$(SAM) deploy
 
 clean:
-	rm -rf $(VENV) $(TOOLS) .aws-sam .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .venv-fer .aws-sam .pytest_cache

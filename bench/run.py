@@ -26,6 +26,7 @@ CHART = ROOT / "docs" / "bench_latency.png"
 DOC = ROOT / "BENCHMARKS.md"
 START, END = "<!-- figures: written by `make bench` (bench/run.py); do not edit by hand -->", "<!-- end of figures -->"
 FER_QUOTED_MS = 34.0  # issue #5: the `fer` package, 640x480 one face, warm, on this machine
+FER_VENV_PYTHON = ROOT / ".venv-fer" / "bin" / "python"  # made by `make fer-venv`
 
 
 def child_env(**extra) -> dict:
@@ -38,9 +39,9 @@ def child_env(**extra) -> dict:
     return env
 
 
-def run_child(module: str, *args: str, **env) -> tuple[dict, float]:
+def run_child(module: str, *args: str, python: str = sys.executable, **env) -> tuple[dict, float]:
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", module, *args], env=child_env(**env), cwd=ROOT,
+    done = subprocess.run([python, "-m", module, *args], env=child_env(**env), cwd=ROOT,
                           capture_output=True, text=True)
     wall = (time.perf_counter() - t0) * 1000
     if done.returncode != 0:
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=30, help="warm repetitions per figure")
     p.add_argument("--runs", type=int, default=3, help="fresh warm processes; each figure is their median")
     p.add_argument("--cold", type=int, default=5, help="fresh processes for the cold start")
+    p.add_argument("--fer-python", help="an interpreter that can import `fer` (default: .venv-fer's, if made)")
     p.add_argument("--no-write", action="store_true", help="print only; leave results.json and BENCHMARKS.md")
     p.add_argument("--sizes-only", action="store_true",
                    help="measure the installed sizes only; the other figures are kept from results.json")
@@ -99,9 +101,22 @@ def main(argv=None) -> int:
     results["warm_omp_default"] = median_of([
         run_child("bench.warm", "--reps", str(args.reps), "--only-latency", OMP_WAIT_POLICY="")[0]["end_to_end"]
         for _ in range(args.runs)])
+    results["fer"] = fer_peer(args)
     results["sizes"] = sizes()
     write(results, args.no_write)
     return 0
+
+
+def fer_peer(args) -> dict | None:
+    """The `fer` package on the same photos, in the same run, when an interpreter that
+    has it is given (--fer-python, or .venv-fer from `make fer-venv`)."""
+    python = args.fer_python or (str(FER_VENV_PYTHON) if FER_VENV_PYTHON.exists() else None)
+    if not python:
+        print("`fer` not measured: no --fer-python and no .venv-fer (make fer-venv)", file=sys.stderr)
+        return None
+    print(f"the `fer` package ({python}) ...", file=sys.stderr)
+    return median_of([run_child("bench.fer_peer", "--reps", str(args.reps), python=python,
+                                TF_CPP_MIN_LOG_LEVEL="3")[0] for _ in range(args.runs)])
 
 
 def write(results: dict, print_only: bool) -> None:
@@ -123,8 +138,9 @@ def targets(r: dict) -> list[tuple[str, str, str, bool]]:
     e2e = w["end_to_end"]["640x480"]["p50"]
     st = w["stages"]["640x480"]
     core = st["detect"] + st["classify_batched"]
-    fer = (w.get("fer") or {}).get("640x480", {}).get("p50")
-    fer_ms, fer_how = (fer, "measured") if fer else (FER_QUOTED_MS, "quoted in issue #5; `fer` not installed")
+    fer = ((r.get("fer") or {}).get("photos") or {}).get("640x480", {}).get("from_bytes", {}).get("p50")
+    fer_ms, fer_how = ((fer, "measured in the same run, from the JPEG bytes") if fer
+                       else (FER_QUOTED_MS, "quoted in issue #5; `fer` not measured"))
     proto = w["prototype"]["latency"]["640x480"]["p50"]
     init = r["cold_start"]["init_ms"]
     rss = w["peak_rss_mb"]
@@ -157,6 +173,7 @@ def report(r: dict) -> str:
         lines.append(f"| {n} | {w['stages'][n]['faces']} | {e['p50']:.1f} | {e['p95']:.1f} | "
                      f"{r['warm_omp_default'][n]['p50']:.1f} | {pr:.0f} | {pr / e['p50']:.1f}x |")
     rl = w["prototype"]["reload_per_request"]
+    lines += fer_section(r.get("fer"), w["end_to_end"], w["stages"])
     lines += ["", f"The prototype's path reloads the fp32 weights ({rl['load_weights']:.0f} ms) and the cascade "
               f"({rl['load_cascade']:.0f} ms) on every request and runs the cascade on the full-size image.",
               "", "### Stages (p50 ms)", "",
@@ -197,6 +214,23 @@ def report(r: dict) -> str:
     lines += ["", "torch by part (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in s["torch_parts_mb"].items())
               + "; largest libraries: " + ", ".join(f"{k} {v:.0f}" for k, v in s["torch_largest_libs_mb"].items()) + "."]
     return "\n".join(lines)
+
+
+def fer_section(fer: dict | None, ours: dict, found: dict) -> list[str]:
+    if not fer:
+        return ["", "The `fer` package was not measured in this run (`make fer-venv`, then `make bench`)."]
+    lines = ["", f"### The peer: `fer` {fer['version']} on the same photos (p50 ms, OpenCV {fer['opencv']}, "
+             f"{fer['cv2_threads']} threads)", "",
+             "| photo | faces in it | found by fer | found by ours | fer, from the JPEG bytes | ours, through the handler | ours / fer |",
+             "|---|---|---|---|---|---|---|"]
+    for n, f in fer["photos"].items():
+        mine = ours[n]["p50"]
+        lines.append(f"| {n} | {f['faces_in_photo']} | {f['faces']} | {found[n]['faces']} | {f['from_bytes']['p50']:.1f} | {mine:.1f} | "
+                     f"{mine / f['from_bytes']['p50']:.2f} |")
+    f = fer["photos"]["640x480"]
+    return lines + ["", f"On the 640x480 photo, fer given decoded pixels takes {f['detect_emotions']['p50']:.1f} ms, "
+                        f"{f['find_faces']['p50']:.1f} ms of it its face detection (the cascade on the full-size "
+                        "image, scale step 1.1, faces of 50 px or more)."]
 
 
 def chart(r: dict, path: Path) -> None:

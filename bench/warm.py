@@ -11,10 +11,8 @@ import io
 import json
 import os
 import resource
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ["FALLBACK_MODE"] = "off"  # no-face photos measure the local path only
@@ -28,33 +26,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.photos import photos  # noqa: E402
+from bench.timing import median, summary, timings  # noqa: E402
 from emotion.faces import FaceDetector, crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
 from emotion.model import ResNet, available_cpus, load_model  # noqa: E402
 from emotion.pipeline import Pipeline  # noqa: E402
 from local.events import LambdaContext, http_api_event  # noqa: E402
-
-
-def timings(fn, reps: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def summary(ms: list[float]) -> dict:
-    ms = sorted(ms)
-    return {"p50": round(statistics.median(ms), 2),
-            "p95": round(ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))], 2),
-            "n": len(ms)}
-
-
-def median(fn, reps: int) -> float:
-    return summary(timings(fn, reps))["p50"]
 
 
 def end_to_end(images: dict, reps: int) -> dict:
@@ -181,21 +158,6 @@ def prototype(images: dict, reps: int) -> dict:
     return {"latency": out, "reload_per_request": t}
 
 
-def fer_peer(images: dict, reps: int) -> dict | None:
-    """The `fer` package on the same photos, when it is installed (never in the runtime)."""
-    try:
-        from fer import FER
-    except Exception:
-        return None
-    from PIL import Image
-    detector = FER()
-    out = {}
-    for name in ("640x480",):
-        bgr = cv2.cvtColor(np.asarray(Image.open(io.BytesIO(images[name]["data"])).convert("RGB")), cv2.COLOR_RGB2BGR)
-        out[name] = summary(timings(lambda: detector.detect_emotions(bgr), reps))
-    return out
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=40)
@@ -213,7 +175,6 @@ def main(argv=None) -> int:
         result["model_variants"] = model_variants(args.reps)
         result["peak_rss_mb_after_stages"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["prototype"] = prototype(images, max(5, args.reps // 4))
-        result["fer"] = fer_peer(images, args.reps)
     json.dump(result, sys.stdout)
     print()
     return 0
