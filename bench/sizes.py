@@ -50,15 +50,20 @@ def image_distributions() -> dict[str, metadata.Distribution]:
     return {"torch": metadata.distribution("torch"), **closure(requirements())}
 
 
-def left_out() -> dict[str, metadata.Distribution]:
-    """torch's dependencies (and theirs) that the image does not install."""
-    image = image_distributions()
+def left_out(image: dict[str, metadata.Distribution] | None = None) -> dict[str, metadata.Distribution]:
+    """torch's dependencies (and theirs) that the image (image_distributions) does not install."""
+    image = image_distributions() if image is None else image
     return {name: dist for name, dist in closure(["torch"]).items() if name not in image}
 
 
-def _mb(dist: metadata.Distribution) -> float:
-    files = (Path(dist.locate_file(f)) for f in dist.files or [])
-    return round(sum(p.stat().st_size for p in files if p.is_file()) / 2**20, 1)
+def _files(dist: metadata.Distribution) -> list[tuple[str, int]]:
+    """(path, bytes) of every installed file of ``dist`` that its RECORD lists."""
+    paths = (Path(dist.locate_file(f)) for f in dist.files or [])
+    return [(str(p), p.stat().st_size) for p in paths if p.is_file()]
+
+
+def _mb(size: int) -> float:
+    return round(size / 2**20, 1)
 
 
 def sizes() -> dict:
@@ -69,18 +74,10 @@ def sizes() -> dict:
     doomed_files = {str(p) for p in doomed if not p.is_dir()}
     rows = []
     for name, dist in dists.items():
-        total = kept = 0
-        for f in dist.files or []:
-            path = Path(dist.locate_file(f))
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            total += size
-            p = str(path)
-            if p not in doomed_files and not p.startswith(doomed_dirs):
-                kept += size
-        rows.append({"name": name, "version": dist.version, "installed_mb": round(total / 2**20, 1),
-                     "image_mb": round(kept / 2**20, 1)})
+        files = _files(dist)
+        kept = sum(size for p, size in files if p not in doomed_files and not p.startswith(doomed_dirs))
+        rows.append({"name": name, "version": dist.version, "installed_mb": _mb(sum(size for _, size in files)),
+                     "image_mb": _mb(kept)})
     rows.sort(key=lambda r: r["image_mb"], reverse=True)
     torch_dir = site / "torch"
     torch_parts = {}
@@ -94,8 +91,8 @@ def sizes() -> dict:
         "distributions": rows,
         "installed_mb": round(sum(r["installed_mb"] for r in rows), 1),
         "image_mb": round(sum(r["image_mb"] for r in rows), 1),
-        "left_out": [{"name": name, "version": dist.version, "installed_mb": _mb(dist)}
-                     for name, dist in sorted(left_out().items())],
+        "left_out": [{"name": name, "version": dist.version, "installed_mb": _mb(sum(size for _, size in _files(dist)))}
+                     for name, dist in sorted(left_out(dists).items())],
         "torch_parts_mb": torch_parts,
         "torch_largest_libs_mb": {n: round(s / 2**20, 1) for n, s in libs},
         "model_mb": round(sum(f.stat().st_size for f in (ROOT / "layers" / "model").iterdir()) / 2**20, 1),
