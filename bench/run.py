@@ -93,30 +93,29 @@ def main(argv=None) -> int:
 
     print("cold starts ...", file=sys.stderr)
     results = {"machine": machine(), "reps": args.reps, "runs": args.runs, "cold_start": cold_starts(args.cold)}
-    print("warm requests, stages, variants, the prototype ...", file=sys.stderr)
-    results["warm"] = median_of([run_child("bench.warm", "--reps", str(args.reps))[0] for _ in range(args.runs)])
-    # libgomp takes an empty value as unset (with a warning on stderr): its default
-    # policy, spinning a while before sleeping, is what handlers/runtime.py overrides.
-    print("OMP_WAIT_POLICY unset ...", file=sys.stderr)
-    results["warm_omp_default"] = median_of([
-        run_child("bench.warm", "--reps", str(args.reps), "--only-latency", OMP_WAIT_POLICY="")[0]["end_to_end"]
-        for _ in range(args.runs)])
-    results["fer"] = fer_peer(args)
+    # Ours, fer and ours with OpenMP's default wait policy take turns, process by
+    # process, so that a drift in the host's speed during the run touches all three alike.
+    fer_python = args.fer_python or (str(FER_VENV_PYTHON) if FER_VENV_PYTHON.exists() else None)
+    if not fer_python:
+        print("`fer` not measured: no --fer-python and no .venv-fer (make fer-venv)", file=sys.stderr)
+    warm, omp_default, fer = [], [], []
+    for i in range(1, args.runs + 1):
+        print(f"run {i}/{args.runs}: warm requests, stages, variants, the prototype ...", file=sys.stderr)
+        warm.append(run_child("bench.warm", "--reps", str(args.reps))[0])
+        if fer_python:
+            print(f"run {i}/{args.runs}: the `fer` package ({fer_python}) ...", file=sys.stderr)
+            fer.append(run_child("bench.fer_peer", "--reps", str(args.reps), python=fer_python,
+                                 TF_CPP_MIN_LOG_LEVEL="3")[0])
+        # libgomp takes an empty value as unset (with a warning on stderr): its default
+        # policy, spinning a while before sleeping, is what handlers/runtime.py overrides.
+        print(f"run {i}/{args.runs}: OMP_WAIT_POLICY unset ...", file=sys.stderr)
+        omp_default.append(run_child("bench.warm", "--reps", str(args.reps), "--only-latency",
+                                     OMP_WAIT_POLICY="")[0]["end_to_end"])
+    results.update(warm=median_of(warm), warm_omp_default=median_of(omp_default),
+                   fer=median_of(fer) if fer else None)
     results["sizes"] = sizes()
     write(results, args.no_write)
     return 0
-
-
-def fer_peer(args) -> dict | None:
-    """The `fer` package on the same photos, in the same run, when an interpreter that
-    has it is given (--fer-python, or .venv-fer from `make fer-venv`)."""
-    python = args.fer_python or (str(FER_VENV_PYTHON) if FER_VENV_PYTHON.exists() else None)
-    if not python:
-        print("`fer` not measured: no --fer-python and no .venv-fer (make fer-venv)", file=sys.stderr)
-        return None
-    print(f"the `fer` package ({python}) ...", file=sys.stderr)
-    return median_of([run_child("bench.fer_peer", "--reps", str(args.reps), python=python,
-                                TF_CPP_MIN_LOG_LEVEL="3")[0] for _ in range(args.runs)])
 
 
 def write(results: dict, print_only: bool) -> None:
@@ -193,6 +192,12 @@ def report(r: dict) -> str:
               "| variant | one face | batch of 3 | max abs diff |", "|---|---|---|---|"]
     for label, v in w["model_variants"].items():
         lines.append(f"| {label} | {v['batch1']:.1f} | {v['batch3']:.1f} | {v['max_abs_diff']:.1e} |")
+    if "network_floor" in w:  # results.json from before this measurement has none
+        f = w["network_floor"]
+        lines += ["", f"One face is {f['gflop']:.2f} GFLOP of convolutions. The shipped network takes "
+                  f"{f['network_ms']:.1f} ms ({f['network_gflops']:.0f} GFLOP/s), its {f['convolutions']} convolutions timed one by "
+                  f"one {f['convolutions_ms']:.1f} ms ({f['convolutions_gflops']:.0f} GFLOP/s); a 2048x2048 fp32 matrix "
+                  f"product runs at {f['matmul_2048_gflops']:.0f} GFLOP/s on the same threads."]
     imp = c["imports_ms"]
     lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, weights, cascade, Powertools) | init in all | process wall |",
               "|" + "---|" * (len(imp) + 3),

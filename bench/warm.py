@@ -120,6 +120,30 @@ def model_variants(reps: int) -> dict:
     return out
 
 
+def network_floor(reps: int) -> dict:
+    """How close one face's forward pass is to what this CPU does in fp32: the shipped
+    network against its convolutions timed one by one (on their own inputs), in
+    GFLOP/s, beside a large fp32 matrix product on the same threads."""
+    net = pipeline.model.net
+    x = pipeline.model.preprocess([np.full((48, 48), 128, np.uint8)])
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda m, args, _: inputs.__setitem__(m, args[0])) for m in convs]
+    with torch.inference_mode():
+        net(x)
+        for h in hooks:
+            h.remove()
+        flop = sum(2 * m.weight.numel() * inputs[m].shape[2] * inputs[m].shape[3] for m in convs)
+        conv_ms = sum(median(lambda: m(inputs[m]), reps) for m in convs)
+        network_ms = median(lambda: net(x), reps)
+        a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+        matmul_ms = median(lambda: a @ b, max(5, reps // 3))
+    return {"convolutions": len(convs), "gflop": round(flop / 1e9, 2), "network_ms": network_ms, "convolutions_ms": round(conv_ms, 2),
+            "convolutions_gflops": round(flop / conv_ms / 1e6, 1),
+            "network_gflops": round(flop / network_ms / 1e6, 1),
+            "matmul_2048_gflops": round(2 * 2048 ** 3 / matmul_ms / 1e6, 1)}
+
+
 class Prototype:
     """The Flask prototype's request path: the fp32 weights and the cascade loaded on
     every request, detection on the full-size image, each face classified alone."""
@@ -173,6 +197,7 @@ def main(argv=None) -> int:
         result["stages"] = stages(images, args.reps)
         result["detection_variants"] = detection_variants(images, args.reps)
         result["model_variants"] = model_variants(args.reps)
+        result["network_floor"] = network_floor(args.reps)
         result["peak_rss_mb_after_stages"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         result["prototype"] = prototype(images, max(5, args.reps // 4))
     json.dump(result, sys.stdout)
