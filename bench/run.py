@@ -192,12 +192,11 @@ def report(r: dict) -> str:
               "| variant | one face | batch of 3 | max abs diff |", "|---|---|---|---|"]
     for label, v in w["model_variants"].items():
         lines.append(f"| {label} | {v['batch1']:.1f} | {v['batch3']:.1f} | {v['max_abs_diff']:.1e} |")
-    if "network_floor" in w:  # results.json from before this measurement has none
-        f = w["network_floor"]
-        lines += ["", f"One face is {f['gflop']:.2f} GFLOP of convolutions. The shipped network takes "
-                  f"{f['network_ms']:.1f} ms ({f['network_gflops']:.0f} GFLOP/s), its {f['convolutions']} convolutions timed one by "
-                  f"one {f['convolutions_ms']:.1f} ms ({f['convolutions_gflops']:.0f} GFLOP/s); a 2048x2048 fp32 matrix "
-                  f"product runs at {f['matmul_2048_gflops']:.0f} GFLOP/s on the same threads."]
+    f = w["network_floor"]
+    lines += ["", f"One face is {f['gflop']:.2f} GFLOP of convolutions. The shipped network takes "
+              f"{f['network_ms']:.1f} ms ({f['network_gflops']:.0f} GFLOP/s), its {f['convolutions']} convolutions "
+              f"timed one by one {f['convolutions_ms']:.1f} ms ({f['convolutions_gflops']:.0f} GFLOP/s); a 2048x2048 "
+              f"fp32 matrix product runs at {f['matmul_2048_gflops']:.0f} GFLOP/s on the same threads."]
     imp = c["imports_ms"]
     lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, weights, cascade, Powertools) | init in all | process wall |",
               "|" + "---|" * (len(imp) + 3),

@@ -138,8 +138,8 @@ def network_floor(reps: int) -> dict:
         network_ms = median(lambda: net(x), reps)
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         matmul_ms = median(lambda: a @ b, max(5, reps // 3))
-    return {"convolutions": len(convs), "gflop": round(flop / 1e9, 2), "network_ms": network_ms, "convolutions_ms": round(conv_ms, 2),
-            "convolutions_gflops": round(flop / conv_ms / 1e6, 1),
+    return {"convolutions": len(convs), "gflop": round(flop / 1e9, 2), "network_ms": network_ms,
+            "convolutions_ms": round(conv_ms, 2), "convolutions_gflops": round(flop / conv_ms / 1e6, 1),
             "network_gflops": round(flop / network_ms / 1e6, 1),
             "matmul_2048_gflops": round(2 * 2048 ** 3 / matmul_ms / 1e6, 1)}
 
