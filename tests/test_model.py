@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, SAMPLE_N, SAMPLE_SEED, TRAINING, fixed_sample,
-                             load_split, metrics, sample_figures, sample_probs, to_tensor)
+                             load_split, metrics, predict_probs, sample_figures, sample_probs, to_tensor)
+from training.average import average_states, recompute_batchnorm
 from training.train import augment, parse_args, train_step
 from emotion.model import (CLASSES, FER2013_IDS, LoadedModel, ResNet, ResNet9, WeightsError, load_model,
                            state_dict_from_prototype)
@@ -337,3 +338,32 @@ def test_training_step_lowers_loss():
         assert np.isfinite(loss)
     after = subset_loss()
     assert np.isfinite(before) and after < before - 0.1, (before, after)
+
+
+# ---- weight averaging (training/average.py) ------------------------------------------------
+
+def test_average_is_the_mean_and_batchnorm_is_recomputed(manifest, sample):
+    images, labels, probs = sample
+    spec = manifest["input"]
+    shipped = load_model(MODEL_DIR, fold=False).net.state_dict()
+    torch.manual_seed(0)
+    other = ResNet().state_dict()
+    mean = average_states([shipped, other])
+    key = "conv1.0.weight"
+    assert torch.allclose(mean[key], (shipped[key] + other[key]) / 2)
+
+    # the shipped parameters with BatchNorm statistics wiped: the network is lost ...
+    net = ResNet()
+    net.load_state_dict(average_states([shipped, shipped]))
+    for layer in net.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.reset_running_stats()
+    net = net.to(memory_format=torch.channels_last)
+    wiped = metrics(labels, predict_probs(net, images, spec["mean"], spec["std"]).argmax(1))["accuracy"]
+    # ... until one pass over Training rows recomputes them
+    train_x, train_y = fixed_sample(*load_split(require_data(), TRAINING), n=1024, seed=2)
+    recompute_batchnorm(net, to_tensor(train_x, spec["mean"], spec["std"]), batch_size=256)
+    restored = metrics(labels, predict_probs(net, images, spec["mean"], spec["std"]).argmax(1))["accuracy"]
+    served = metrics(labels, probs.argmax(1))["accuracy"]
+    assert wiped < served - 0.2, (wiped, served)
+    assert restored > served - 0.03, (restored, served)
