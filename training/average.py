@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="export the average here (manifest.json + fp16 weights)")
     p.add_argument("--batch-size", type=int, default=256, help="batch of the BatchNorm pass")
     p.add_argument("--bn-rows", type=int, default=0, metavar="N",
-                   help="recompute BatchNorm on N fixed Training rows (default: all 28,709; about 10 min on 2 cores)")
+                   help="recompute BatchNorm on N fixed Training rows (default: all 28,709; about 12 min on 2 cores)")
     p.add_argument("--threads", type=int, default=available_cpus())
     return p.parse_args(argv)
 
