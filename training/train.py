@@ -236,7 +236,9 @@ def main(argv=None) -> int:
                                  "machine": f"{platform.machine()}, {args.device}, {args.threads} threads, "
                                             f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
                 })
-                manifest = update_manifest(args.out, val_x, val_y, data=args.data)
+                written = load_model(args.out)  # the fp16 weights as written, evaluated where training runs
+                written.net.to(args.device)
+                manifest = update_manifest(args.out, val_x, val_y, data=args.data, loaded=written)
                 shipped = manifest["metrics"]
                 print(f"exported weights to {args.out} (sha256 {manifest['sha256'][:12]}; as shipped: accuracy "
                       f"{shipped['accuracy']}, flip {shipped['accuracy_flip']}, sample {shipped['sample']['accuracy']})",
