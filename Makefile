@@ -16,13 +16,14 @@ export AWS_EC2_METADATA_DISABLED := true
 export POWERTOOLS_METRICS_NAMESPACE ?= EmotionService
 
 # training knobs
-EPOCHS ?= 30
-BATCH_SIZE ?= 64
+EPOCHS ?= 70
+BATCH_SIZE ?= 256
+SEED ?= 8
 DATA ?= ../shared/data/fer2013/fer2013_train_val.npz
 RESUME ?=
 # a model directory to warm-start from (a new schedule over its weights)
 INIT ?=
-# the peak learning rate; empty: train.py's default (3e-3)
+# the peak learning rate; empty: train.py's default (4e-3)
 LR ?=
 
 .PHONY: setup tools run invoke serve run-s3 test train evaluate events bench fer-venv build sam-invoke deploy validate clean
@@ -62,7 +63,7 @@ test: setup tools
 	$(PY) -m pytest -q tests
 
 train: setup
-	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) $(if $(LR),--lr $(LR)) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
+	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --seed $(SEED) $(if $(LR),--lr $(LR)) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
 
 evaluate: setup
 	$(PY) -m training.evaluate --data $(DATA)
