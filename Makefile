@@ -15,15 +15,15 @@ export AWS_DEFAULT_REGION ?= ap-northeast-2
 export AWS_EC2_METADATA_DISABLED := true
 export POWERTOOLS_METRICS_NAMESPACE ?= EmotionService
 
-# training knobs
-EPOCHS ?= 70
-BATCH_SIZE ?= 256
-SEED ?= 8
+# training knobs; empty: train.py's defaults, which are the shipped recipe
+EPOCHS ?=
+BATCH_SIZE ?=
+SEED ?=
 DATA ?= ../shared/data/fer2013/fer2013_train_val.npz
 RESUME ?=
 # a model directory to warm-start from (a new schedule over its weights)
 INIT ?=
-# the peak learning rate; empty: train.py's default (4e-3)
+# the peak learning rate
 LR ?=
 
 .PHONY: setup tools run invoke serve run-s3 test train evaluate events bench fer-venv build sam-invoke deploy validate clean
@@ -63,7 +63,7 @@ test: setup tools
 	$(PY) -m pytest -q tests
 
 train: setup
-	$(PY) -m training.train --epochs $(EPOCHS) --batch-size $(BATCH_SIZE) --seed $(SEED) $(if $(LR),--lr $(LR)) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
+	$(PY) -m training.train $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(SEED),--seed $(SEED)) $(if $(LR),--lr $(LR)) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))
 
 evaluate: setup
 	$(PY) -m training.evaluate --data $(DATA)

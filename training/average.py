@@ -99,8 +99,6 @@ def main(argv=None) -> int:
         command = shlex.join(["python", "-m", "training.average", *(sys.argv[1:] if argv is None else argv)])
         export_weights(model, args.out, {
             "input": input_spec(spec["mean"], spec["std"]),
-            "metrics": {"split": "FER2013 PublicTest", "weights": "fp32 (before export)", "n": len(val_y),
-                        **figures},
             "training": {"command": command, "epochs": 0, "git_commit": git_commit(),
                          "method": "no training epochs: an equal-weight average of the sources' parameters, "
                                    "BatchNorm statistics recomputed on Training",
