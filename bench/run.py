@@ -65,8 +65,9 @@ def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     import torch
+    import cv2
     return {"cpu": model, "cpus_usable": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "torch": torch.__version__, "platform": platform.platform(),
+            "opencv": cv2.__version__, "torch": torch.__version__, "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d")}
 
 
@@ -93,12 +94,12 @@ def main(argv=None) -> int:
 
     print("cold starts ...", file=sys.stderr)
     results = {"machine": machine(), "reps": args.reps, "runs": args.runs, "cold_start": cold_starts(args.cold)}
-    # Ours, fer and ours with OpenMP's default wait policy take turns, process by
-    # process, so that a drift in the host's speed during the run touches all three alike.
+    # Ours and fer take turns, process by process, so that a drift in the host's speed
+    # during the run touches both alike.
     fer_python = args.fer_python or (str(FER_VENV_PYTHON) if FER_VENV_PYTHON.exists() else None)
     if not fer_python:
         print("`fer` not measured: no --fer-python and no .venv-fer (make fer-venv)", file=sys.stderr)
-    warm, omp_default, fer = [], [], []
+    warm, fer = [], []
     for i in range(1, args.runs + 1):
         print(f"run {i}/{args.runs}: warm requests, stages, variants, the prototype ...", file=sys.stderr)
         warm.append(run_child("bench.warm", "--reps", str(args.reps))[0])
@@ -106,13 +107,7 @@ def main(argv=None) -> int:
             print(f"run {i}/{args.runs}: the `fer` package ({fer_python}) ...", file=sys.stderr)
             fer.append(run_child("bench.fer_peer", "--reps", str(args.reps), python=fer_python,
                                  TF_CPP_MIN_LOG_LEVEL="3")[0])
-        # libgomp takes an empty value as unset (with a warning on stderr): its default
-        # policy, spinning a while before sleeping, is what handlers/runtime.py overrides.
-        print(f"run {i}/{args.runs}: OMP_WAIT_POLICY unset ...", file=sys.stderr)
-        omp_default.append(run_child("bench.warm", "--reps", str(args.reps), "--only-latency",
-                                     OMP_WAIT_POLICY="")[0]["end_to_end"])
-    results.update(warm=median_of(warm), warm_omp_default=median_of(omp_default),
-                   fer=median_of(fer) if fer else None)
+    results.update(warm=median_of(warm), fer=median_of(fer) if fer else None)
     results["sizes"] = sizes()
     write(results, args.no_write)
     return 0
@@ -157,20 +152,20 @@ def report(r: dict) -> str:
     m, w, c, s = r["machine"], r["warm"], r["cold_start"], r["sizes"]
     names = list(w["end_to_end"])
     lines = [f"Measured {m['date']} on {m['cpu']} ({m['cpus_usable']} CPUs usable), Python {m['python']}, "
-             f"torch {m['torch']}; torch and OpenCV threads {w['threads']['torch']} and {w['threads']['cv2']} "
-             f"(from `os.sched_getaffinity`); OMP_WAIT_POLICY {w['omp_wait_policy']} (handlers/runtime.py). "
+             f"OpenCV {m['opencv']} (the runtime; torch {m['torch']} only for the comparisons); OpenCV threads "
+             f"{w['threads']['cv2']} (from `os.sched_getaffinity`). "
              f"Warm figures: {r['reps']} timed calls after 3 unmeasured ones in each of {r['runs']} fresh processes, "
              f"the median of the {r['runs']} processes' figures; cold start: median of {c['n']} fresh processes. "
              "Timings on this shared 2-core machine vary by 10-30 % from one run to the next.",
              "", "### Targets", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {g} | {'yes' if ok else '**no**'} |" for a, b, g, ok in targets(r)]
     lines += ["", "### Warm requests through the handler (FALLBACK_MODE=off)", "",
-              "| photo | faces | p50 ms | p95 ms | p50 with OMP_WAIT_POLICY unset | prototype's path p50 ms | ratio |",
-              "|---|---|---|---|---|---|---|"]
+              "| photo | faces | p50 ms | p95 ms | prototype's path p50 ms | ratio |",
+              "|---|---|---|---|---|---|"]
     for n in names:
         e, pr = w["end_to_end"][n], w["prototype"]["latency"][n]["p50"]
         lines.append(f"| {n} | {w['stages'][n]['faces']} | {e['p50']:.1f} | {e['p95']:.1f} | "
-                     f"{r['warm_omp_default'][n]['p50']:.1f} | {pr:.0f} | {pr / e['p50']:.1f}x |")
+                     f"{pr:.0f} | {pr / e['p50']:.1f}x |")
     rl = w["prototype"]["reload_per_request"]
     lines += fer_section(r.get("fer"), w["end_to_end"], w["stages"])
     lines += ["", f"The prototype's path reloads the fp32 weights ({rl['load_weights']:.0f} ms) and the cascade "
@@ -188,35 +183,32 @@ def report(r: dict) -> str:
               "|---|" + "---|" * len(names)]
     for label, row in w["detection_variants"].items():
         lines.append(f"| {label} | " + " | ".join(f"{row[n]['ms']:.1f} ({row[n]['faces']})" for n in names) + " |")
-    lines += ["", "### The network (p50 ms; largest difference from eager fp32 on a batch of 3)", "",
+    lines += ["", "### The network (p50 ms; largest difference of the logits from eager fp32 torch on a batch of 3)", "",
               "| variant | one face | batch of 3 | max abs diff |", "|---|---|---|---|"]
     for label, v in w["model_variants"].items():
         lines.append(f"| {label} | {v['batch1']:.1f} | {v['batch3']:.1f} | {v['max_abs_diff']:.1e} |")
     f = w["network_floor"]
     lines += ["", f"One face is {f['gflop']:.2f} GFLOP of convolutions. The shipped network takes "
-              f"{f['network_ms']:.1f} ms ({f['network_gflops']:.0f} GFLOP/s), its {f['convolutions']} convolutions "
-              f"timed one by one {f['convolutions_ms']:.1f} ms ({f['convolutions_gflops']:.0f} GFLOP/s); a 2048x2048 "
-              f"fp32 matrix product runs at {f['matmul_2048_gflops']:.0f} GFLOP/s on the same threads."]
+              f"{f['network_ms']:.1f} ms ({f['network_gflops']:.0f} GFLOP/s, counting direct convolution's "
+              f"arithmetic); a 2048x2048 fp32 matrix product runs at {f['matmul_2048_gflops']:.0f} GFLOP/s on "
+              "the same number of threads."]
     imp = c["imports_ms"]
-    lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, weights, cascade, Powertools) | init in all | process wall |",
+    lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, model, cascade, Powertools) | init in all | process wall |",
               "|" + "---|" * (len(imp) + 3),
               "| " + " | ".join(f"{v:.0f}" for v in imp.values()) + f" | {c['handler_module_ms']:.0f} | {c['init_ms']:.0f} | {c['process_wall_ms']:.0f} |",
-              "", f"Inside the handler module: loading and folding the weights {c['load_model_ms']:.0f} ms, the cascade "
+              "", f"Inside the handler module: loading the model and its first forward pass {c['load_model_ms']:.0f} ms, the cascade "
               f"{c['load_cascade_ms']:.0f} ms. boto3 is not imported at init: its {c['boto3_import_deferred_ms']:.0f} ms "
               f"are paid by the first request that needs Rekognition. Resident memory after init {c['rss_after_init_mb']:.0f} MB; "
               f"peak of the warm process after all the requests above {w['peak_rss_mb']:.0f} MB.",
               "", f"### Installed size of the runtime's dependencies (Python {s['python']} here)", "",
               f"In all {s['installed_mb']:.0f} MB installed, {s['image_mb']:.0f} MB after `function/trim_site_packages.py` "
-              f"(what the image holds); the model {s['model_mb']:.1f} MB. torch is installed without its dependencies "
-              f"(`--no-deps`), which the runtime never imports; a plain install would add "
-              f"{sum(d['installed_mb'] for d in s['left_out']):.0f} MB more: "
-              + ", ".join(f"{d['name']} {d['installed_mb']:.1f}" for d in s["left_out"]) + ".", "",
+              f"(what the image holds); the model (ONNX graph and manifest) {s['model_mb']:.1f} MB. No torch: "
+              "the network runs through OpenCV.", "",
               "| distribution | version | installed MB | in the image MB |", "|---|---|---|---|"]
     for d in s["distributions"]:
         if d["installed_mb"] >= 1:
             lines.append(f"| {d['name']} | {d['version']} | {d['installed_mb']:.1f} | {d['image_mb']:.1f} |")
-    lines += ["", "torch by part (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in s["torch_parts_mb"].items())
-              + "; largest libraries: " + ", ".join(f"{k} {v:.0f}" for k, v in s["torch_largest_libs_mb"].items()) + "."]
+    lines += ["", "Largest files (MB): " + ", ".join(f"`{k}` {v:.0f}" for k, v in s["largest_files_mb"].items()) + "."]
     return "\n".join(lines)
 
 

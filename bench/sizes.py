@@ -1,11 +1,10 @@
 """The installed size of the runtime's dependencies as the Lambda image holds them:
-function/requirements.txt and everything it pulls in, plus torch alone (function/Dockerfile
-installs it with --no-deps: the runtime imports none of its dependencies but
-typing_extensions, which requirements.txt pins).  Measured on this checkout's .venv,
-before and after function/trim_site_packages.py's deletions; torch's dependencies that
-the image leaves out are listed apart."""
+function/requirements.txt and everything it pulls in (function/Dockerfile installs that
+and nothing else; no torch).  Measured on this checkout's .venv, before and after
+function/trim_site_packages.py's deletions; the largest files are listed apart."""
 from __future__ import annotations
 
+import json
 import re
 import sys
 from importlib import metadata
@@ -46,14 +45,8 @@ def closure(roots: list[str]) -> dict[str, metadata.Distribution]:
 
 
 def image_distributions() -> dict[str, metadata.Distribution]:
-    """What function/Dockerfile installs: torch without its dependencies, then requirements.txt."""
-    return {"torch": metadata.distribution("torch"), **closure(requirements())}
-
-
-def left_out(image: dict[str, metadata.Distribution] | None = None) -> dict[str, metadata.Distribution]:
-    """torch's dependencies (and theirs) that the image (image_distributions) does not install."""
-    image = image_distributions() if image is None else image
-    return {name: dist for name, dist in closure(["torch"]).items() if name not in image}
+    """What function/Dockerfile installs: requirements.txt and its dependencies."""
+    return closure(requirements())
 
 
 def _files(dist: metadata.Distribution) -> list[tuple[str, int]]:
@@ -79,26 +72,19 @@ def sizes() -> dict:
         rows.append({"name": name, "version": dist.version, "installed_mb": _mb(sum(size for _, size in files)),
                      "image_mb": _mb(kept)})
     rows.sort(key=lambda r: r["image_mb"], reverse=True)
-    torch_dir = site / "torch"
-    torch_parts = {}
-    for sub in ("lib", "include", "_inductor", "testing", "distributed", "share"):
-        path = torch_dir / sub
-        if path.exists():
-            torch_parts[sub] = round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
-    libs = sorted(((f.name, f.stat().st_size) for f in (torch_dir / "lib").glob("*.so*")), key=lambda x: -x[1])[:5]
+    files = sorted(((p, size) for dist in dists.values() for p, size in _files(dist)
+                    if p not in doomed_files and not p.startswith(doomed_dirs)), key=lambda x: -x[1])[:6]
+    manifest = json.loads((ROOT / "layers" / "model" / "manifest.json").read_text())
     return {
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "distributions": rows,
         "installed_mb": round(sum(r["installed_mb"] for r in rows), 1),
         "image_mb": round(sum(r["image_mb"] for r in rows), 1),
-        "left_out": [{"name": name, "version": dist.version, "installed_mb": _mb(sum(size for _, size in _files(dist)))}
-                     for name, dist in sorted(left_out(dists).items())],
-        "torch_parts_mb": torch_parts,
-        "torch_largest_libs_mb": {n: round(s / 2**20, 1) for n, s in libs},
-        "model_mb": round(sum(f.stat().st_size for f in (ROOT / "layers" / "model").iterdir()) / 2**20, 1),
+        "largest_files_mb": {str(Path(p).relative_to(site)): _mb(size) for p, size in files},
+        "model_mb": _mb(sum((ROOT / "layers" / "model" / name).stat().st_size
+                            for name in ("manifest.json", manifest["onnx"]["file"]))),
     }
 
 
 if __name__ == "__main__":
-    import json
     print(json.dumps(sizes(), indent=1))

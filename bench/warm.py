@@ -5,7 +5,6 @@ Prints one JSON object.  Run by bench.run."""
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import io
 import json
@@ -17,19 +16,20 @@ from pathlib import Path
 
 os.environ["FALLBACK_MODE"] = "off"  # no-face photos measure the local path only
 
-# The handler first, as in Lambda: its init sets what must precede torch's import.
-from handlers import api  # noqa: E402  (the init phase: settings, weights, cascade)
+# The handler first, as in Lambda (the init phase: settings, model, cascade).  torch is
+# imported only after the warm requests and their peak memory, by the comparisons that
+# need it (the eager network, the prototype's path): the Lambda never imports it.
+from handlers import api  # noqa: E402
 from handlers.runtime import pipeline  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from bench.photos import photos  # noqa: E402
 from bench.timing import median, summary, timings  # noqa: E402
 from emotion.faces import FaceDetector, crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
-from emotion.model import ResNet, available_cpus, load_model  # noqa: E402
+from emotion.model import available_cpus, load_model  # noqa: E402
 from emotion.pipeline import Pipeline  # noqa: E402
 from local.events import LambdaContext, http_api_event  # noqa: E402
 
@@ -93,53 +93,62 @@ def detection_variants(images: dict, reps: int) -> dict:
 
 
 def model_variants(reps: int) -> dict:
-    """One face and a batch of 3: eager (BatchNorm as trained) against folded, with all
-    the CPUs and with one thread, and TorchScript trace + freeze for comparison."""
-    eager = load_model(pipeline.settings.model_dir, fold=False)
-    folded = pipeline.model
-    x1 = eager.preprocess([np.full((48, 48), 128, np.uint8)])
-    x3 = eager.preprocess([np.random.default_rng(i).integers(0, 255, (48, 48), dtype=np.uint8) for i in range(3)])
-    with torch.no_grad():
-        traced = torch.jit.freeze(torch.jit.trace(copy.deepcopy(eager.net), x3))
-    contiguous = copy.deepcopy(eager.net).to(memory_format=torch.contiguous_format)
-    nets = {"eager, channels_last": (eager.net, True), "eager, contiguous": (contiguous, False),
-            "BatchNorm folded, channels_last (shipped)": (folded.net, True),
-            "TorchScript trace + freeze": (traced, True)}
-    threads = torch.get_num_threads()
+    """One face and a batch of 3: the shipped ONNX graph through OpenCV (Winograd
+    convolutions, OpenCV's default) and without Winograd, against eager fp32 torch (the
+    runtime before), each with all the CPUs and with one thread."""
+    import torch
+    from training.network import load_network
+
+    eager = load_network(pipeline.settings.model_dir)
+    served = pipeline.model
+    plain = load_model(pipeline.settings.model_dir)
+    plain.net.enableWinograd(False)
+    faces1 = [np.full((48, 48), 128, np.uint8)]
+    faces3 = [np.random.default_rng(i).integers(0, 255, (48, 48), dtype=np.uint8) for i in range(3)]
+    x1, x3 = eager.preprocess(faces1), eager.preprocess(faces3)
+    threads = available_cpus()
     out = {}
     with torch.inference_mode():
-        ref = eager.net(x3)
-        for n_threads in sorted({threads, 1}, reverse=True):
-            torch.set_num_threads(n_threads)
-            for label, (net, cl) in nets.items():
-                a, b = (x1, x3) if cl else (x1.contiguous(), x3.contiguous())
-                out[f"{label}, {n_threads} thread{'s' * (n_threads > 1)}"] = {
-                    "batch1": median(lambda: net(a), reps), "batch3": median(lambda: net(b), reps),
-                    "max_abs_diff": float((net(b) - ref).abs().max())}
+        ref = eager.net(x3).numpy()
+        for n in sorted({threads, 1}, reverse=True):
+            cv2.setNumThreads(n)
+            torch.set_num_threads(n)
+            suffix = f", {n} thread{'s' * (n > 1)}"
+            for label, model in (("OpenCV DNN, ONNX graph, Winograd (shipped)", served),
+                                 ("OpenCV DNN, ONNX graph, no Winograd", plain)):
+                out[label + suffix] = {"batch1": median(lambda: model.logits(faces1), reps),
+                                       "batch3": median(lambda: model.logits(faces3), reps),
+                                       "max_abs_diff": float(np.abs(model.logits(faces3) - ref).max())}
+            out["torch 2.13 eager fp32, channels_last (the runtime before)" + suffix] = {
+                "batch1": median(lambda: eager.net(x1), reps), "batch3": median(lambda: eager.net(x3), reps),
+                "max_abs_diff": 0.0}
+    cv2.setNumThreads(threads)
     torch.set_num_threads(threads)
     return out
 
 
 def network_floor(reps: int) -> dict:
     """How close one face's forward pass is to what this CPU does in fp32: the shipped
-    network against its convolutions timed one by one (on their own inputs), in
-    GFLOP/s, beside a large fp32 matrix product on the same threads."""
-    net = pipeline.model.net
-    x = pipeline.model.preprocess([np.full((48, 48), 128, np.uint8)])
+    network in GFLOP/s of its convolutions, beside a large fp32 matrix product on the
+    same number of threads (torch's, on OpenBLAS-class kernels)."""
+    import torch
+    from training.network import load_network
+
+    net = load_network(pipeline.settings.model_dir).net
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-    inputs = {}
-    hooks = [m.register_forward_hook(lambda m, args, _: inputs.__setitem__(m, args[0])) for m in convs]
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, args, _: shapes.__setitem__(m, args[0].shape)) for m in convs]
     with torch.inference_mode():
-        net(x)
+        net(torch.zeros(1, 1, 48, 48))
         for h in hooks:
             h.remove()
-        flop = sum(2 * m.weight.numel() * inputs[m].shape[2] * inputs[m].shape[3] for m in convs)
-        conv_ms = sum(median(lambda: m(inputs[m]), reps) for m in convs)
-        network_ms = median(lambda: net(x), reps)
+        flop = sum(2 * m.weight.numel() * shapes[m][2] * shapes[m][3] for m in convs)
+        face = [np.full((48, 48), 128, np.uint8)]
+        network_ms = median(lambda: pipeline.model.logits(face), reps)
+        torch.set_num_threads(available_cpus())
         a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
         matmul_ms = median(lambda: a @ b, max(5, reps // 3))
     return {"convolutions": len(convs), "gflop": round(flop / 1e9, 2), "network_ms": network_ms,
-            "convolutions_ms": round(conv_ms, 2), "convolutions_gflops": round(flop / conv_ms / 1e6, 1),
             "network_gflops": round(flop / network_ms / 1e6, 1),
             "matmul_2048_gflops": round(2 * 2048 ** 3 / matmul_ms / 1e6, 1)}
 
@@ -152,7 +161,10 @@ class Prototype:
         self.weights = weights
 
     def __call__(self, data: bytes) -> list[str]:
+        import torch
         from PIL import Image
+
+        from training.network import ResNet
         net = ResNet()
         net.load_state_dict(torch.load(self.weights, map_location="cpu"))
         net.eval()
@@ -168,7 +180,10 @@ class Prototype:
 
 
 def prototype(images: dict, reps: int) -> dict:
-    eager = load_model(pipeline.settings.model_dir, fold=False)
+    import torch
+    from training.network import ResNet, load_network
+
+    eager = load_network(pipeline.settings.model_dir)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "model.pth"  # the prototype's fp32 state_dict (43 MB)
         torch.save(eager.net.to(memory_format=torch.contiguous_format).state_dict(), weights)
@@ -185,21 +200,17 @@ def prototype(images: dict, reps: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=40)
-    p.add_argument("--only-latency", action="store_true", help="end-to-end latency and memory only")
     args = p.parse_args(argv)
     images = photos()
-    result = {"threads": {"torch": torch.get_num_threads(), "cv2": cv2.getNumThreads(),
-                          "cpus": available_cpus()},
-              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    result = {"threads": {"cv2": cv2.getNumThreads(), "cpus": available_cpus()},
               "end_to_end": end_to_end(images, args.reps)}
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    if not args.only_latency:
-        result["stages"] = stages(images, args.reps)
-        result["detection_variants"] = detection_variants(images, args.reps)
-        result["model_variants"] = model_variants(args.reps)
-        result["network_floor"] = network_floor(args.reps)
-        result["peak_rss_mb_after_stages"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        result["prototype"] = prototype(images, max(5, args.reps // 4))
+    assert "torch" not in sys.modules, "the warm requests must run without torch, as in the image"
+    result["stages"] = stages(images, args.reps)
+    result["detection_variants"] = detection_variants(images, args.reps)
+    result["model_variants"] = model_variants(args.reps)
+    result["network_floor"] = network_floor(args.reps)
+    result["prototype"] = prototype(images, max(5, args.reps // 4))
     json.dump(result, sys.stdout)
     print()
     return 0

@@ -28,8 +28,8 @@ from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, SAMPLE_N, SAMPLE_S
                              load_split, metrics, predict_probs, sample_figures, sample_probs, to_tensor)
 from training.average import average_states, recompute_batchnorm
 from training.train import augment, parse_args, train_step
-from emotion.model import (CLASSES, FER2013_IDS, LoadedModel, ResNet, ResNet9, WeightsError, load_model,
-                           state_dict_from_prototype)
+from emotion.model import CLASSES, FER2013_IDS, LoadedModel, WeightsError, load_model
+from training.network import ONNX_FILE, ResNet, ResNet9, TorchModel, load_network, state_dict_from_prototype
 
 # The suite tests layers/model/; MODEL_UNDER_TEST points these tests at a candidate instead.
 MODEL_DIR = Path(os.environ.get("MODEL_UNDER_TEST") or ROOT / "layers" / "model")
@@ -175,7 +175,14 @@ def manifest() -> dict:
 
 
 @pytest.fixture(scope="module")
-def loaded(manifest) -> LoadedModel:
+def loaded(manifest) -> TorchModel:
+    """The shipped fp16 weights as a torch network (training and evaluation)."""
+    return load_network(MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def served(manifest) -> LoadedModel:
+    """The same weights as the Lambda runs them: the ONNX graph through OpenCV."""
     return load_model(MODEL_DIR)
 
 
@@ -204,21 +211,46 @@ def test_shipped_weights_load_and_match_manifest(manifest, loaded):
     assert loaded.classes == CLASSES
 
 
+def test_the_onnx_graph_holds_exactly_the_shipped_weights(manifest, served):
+    """What the Lambda runs is the fp16 state_dict, value for value: not a stale export."""
+    import onnx
+    from onnx import numpy_helper
+    entry = manifest["onnx"]
+    data = (MODEL_DIR / entry["file"]).read_bytes()
+    assert entry["file"] == ONNX_FILE and hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert served.sha256 == manifest["sha256"] and served.classes == CLASSES
+    graph = onnx.load_from_string(data)
+    onnx.checker.check_model(graph)
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    state = torch.load(MODEL_DIR / manifest["weights"], map_location="cpu", weights_only=True)
+    for key, value in state.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        stored = inits[f"{key}.fp16"]
+        assert stored.dtype == np.float16 and np.array_equal(stored, value.numpy()), key
+    assert {n.op_type for n in graph.graph.node} == {"Cast", "Conv", "BatchNormalization", "Elu", "MaxPool",
+                                                     "Add", "Flatten", "Gemm"}
+
+
 def test_corrupted_weights_are_refused(manifest, tmp_path):
     shutil.copy(MODEL_DIR / "manifest.json", tmp_path / "manifest.json")
-    shutil.copy(MODEL_DIR / manifest["weights"], tmp_path / manifest["weights"])
-    load_model(tmp_path)  # the intact copy loads
+    for name in (manifest["weights"], manifest["onnx"]["file"]):
+        shutil.copy(MODEL_DIR / name, tmp_path / name)
+    load_model(tmp_path)  # the intact copy loads, in both forms
+    load_network(tmp_path)
 
-    weights = tmp_path / manifest["weights"]
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0x01  # one bit of one byte, inside a tensor
-    weights.write_bytes(bytes(data))
-    with pytest.raises(WeightsError, match="sha256"):
-        load_model(tmp_path)
+    for name, load in ((manifest["weights"], load_network), (manifest["onnx"]["file"], load_model)):
+        path = tmp_path / name
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01  # one bit of one byte, inside a tensor
+        path.write_bytes(bytes(data))
+        with pytest.raises(WeightsError, match="sha256"):
+            load(tmp_path)
 
     (tmp_path / "manifest.json").unlink()
-    with pytest.raises(WeightsError):
-        load_model(tmp_path)
+    for load in (load_model, load_network):
+        with pytest.raises(WeightsError):
+            load(tmp_path)
 
 
 # ---- predictions on the fixed PublicTest sample ---------------------------------------------
@@ -252,14 +284,16 @@ def test_fixed_sample_is_fixed(public_test):
     assert set(np.unique(s_labels)) == set(range(7))
 
 
-def test_preprocessing_agrees_with_training(loaded, sample):
+def test_preprocessing_agrees_with_training(loaded, served, sample):
     images, _, probs = sample
     spec = loaded.manifest["input"]
-    # one normalisation: training's to_tensor and the service's preprocess, bit for bit
+    # one normalisation: training's to_tensor and the evaluation's preprocess, bit for bit
     assert torch.equal(to_tensor(images[:16], spec["mean"], spec["std"], spec["scale"]),
                        loaded.preprocess(list(images[:16])))
     # the service's predict gives the probabilities the figures are computed from
-    np.testing.assert_allclose(loaded.predict(list(images[:8])), probs[:8], atol=1e-5)
+    served_probs = served.predict(list(images[:100]))
+    np.testing.assert_allclose(served_probs, probs[:100], atol=1e-4)
+    assert (served_probs.argmax(1) == probs[:100].argmax(1)).all()
 
 
 def test_sample_accuracy_well_above_chance(sample):
@@ -345,7 +379,7 @@ def test_training_step_lowers_loss():
 def test_average_is_the_mean_and_batchnorm_is_recomputed(manifest, sample):
     images, labels, probs = sample
     spec = manifest["input"]
-    shipped = load_model(MODEL_DIR, fold=False).net.state_dict()
+    shipped = load_network(MODEL_DIR).net.state_dict()
     torch.manual_seed(0)
     other = ResNet().state_dict()
     mean = average_states([shipped, other])

@@ -30,7 +30,8 @@ import torch
 from training.common import (DEFAULT_DATA, PUBLIC_TEST, TRAINING, ResNet, evaluate, fixed_sample, input_spec, load_split,
                              sha256_file, to_tensor, update_manifest)
 from training.train import git_commit
-from emotion.model import available_cpus, export_weights, load_model, state_dict_from_prototype
+from emotion.model import available_cpus  # noqa: E402
+from training.network import export_weights, load_network, state_dict_from_prototype  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_source(path: Path) -> tuple[dict, dict | None]:
     """fp32 state_dict of one source, and its manifest when it is a model directory."""
     if path.is_dir():
-        loaded = load_model(path, fold=False)
+        loaded = load_network(path)
         return loaded.net.state_dict(), loaded.manifest
     obj = torch.load(path, map_location="cpu", weights_only=False)
     return {k: (v.float() if v.is_floating_point() else v) for k, v in state_dict_from_prototype(obj).items()}, None

@@ -14,7 +14,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "function"))
 
-from emotion.model import CLASSES, LoadedModel, ResNet, WeightsError, load_model  # noqa: E402  (the one definition of the network)
+from emotion.model import CLASSES, WeightsError, normalise  # noqa: E402
+from training.network import ResNet, TorchModel, load_network  # noqa: E402  (the one definition of the network)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_val.npz"
 TRAINING, PUBLIC_TEST = 0, 1
@@ -48,17 +49,14 @@ def input_spec(mean: float, std: float) -> dict:
     """The manifest's ``input``: how a 48x48 uint8 crop becomes the network's input,
     ``(pixel / scale - mean) / std``.  Written once, at export; from then on every
     user of the shipped weights (the Lambda, evaluate.py, train.py's own metrics of
-    the exported weights) normalises through ``LoadedModel.preprocess`` and this dict."""
+    the exported weights) normalises through ``emotion.model.normalise`` and this dict."""
     return {"size": 48, "channels": 1, "scale": 255.0, "mean": round(mean, 6), "std": round(std, 6)}
 
 
 def to_tensor(images: np.ndarray, mean: float, std: float, scale: float = 255.0) -> torch.Tensor:
-    """uint8 (N,48,48) -> normalised float (N,1,48,48), as the model expects.
-
-    The same arithmetic, in the same order, as ``LoadedModel.preprocess`` (the tests
-    check that the two agree bit for bit); training uses this on its unrounded mean/std."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(scale)
-    return x.sub_(mean).div_(std).unsqueeze(1)
+    """uint8 (N,48,48) -> normalised float (N,1,48,48), as the model expects: the
+    Lambda's own ``emotion.model.normalise``; training uses it on its unrounded mean/std."""
+    return torch.from_numpy(normalise(images, {"scale": scale, "mean": mean, "std": std}))
 
 
 def _probs(model: torch.nn.Module, images: np.ndarray, mean: float | None, std: float | None,
@@ -89,7 +87,7 @@ def predict_probs(model: torch.nn.Module, images: np.ndarray, mean: float | None
                   preprocess: Callable[[np.ndarray], torch.Tensor] | None = None) -> np.ndarray:
     """Softmax probabilities for uint8 images; with flip, averaged with the mirrored image.
 
-    Normalisation: ``preprocess`` (e.g. ``LoadedModel.preprocess``, which reads the
+    Normalisation: ``preprocess`` (e.g. ``TorchModel.preprocess``, which reads the
     manifest's ``input``) or else ``to_tensor`` with ``mean`` and ``std``."""
     plain, mirrored = _probs(model, images, mean, std, flip, batch_size, preprocess)
     if flip:
@@ -127,7 +125,7 @@ def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mea
     return {"plain": metrics(labels, _cat(plain).argmax(1)), "flip": metrics(labels, flipped.argmax(1))}
 
 
-def evaluate_loaded(loaded: LoadedModel, images: np.ndarray, labels: np.ndarray) -> dict:
+def evaluate_loaded(loaded: TorchModel, images: np.ndarray, labels: np.ndarray) -> dict:
     """``evaluate`` of shipped weights, normalised as their manifest says."""
     return evaluate(loaded.net, images, labels, preprocess=loaded.preprocess)
 
@@ -153,13 +151,13 @@ def sample_figures(labels: np.ndarray, probs: np.ndarray, seed: int = SAMPLE_SEE
             "macro_f1": m["macro_f1"], "recall": m["recall"]}
 
 
-def sample_probs(loaded: LoadedModel, images: np.ndarray) -> np.ndarray:
+def sample_probs(loaded: TorchModel, images: np.ndarray) -> np.ndarray:
     """Plain probabilities of the shipped weights, batched as every caller of
     ``sample_figures`` batches them (so the figures reproduce exactly)."""
     return predict_probs(loaded.net, images, preprocess=loaded.preprocess)
 
 
-def shipped_metrics(loaded: LoadedModel, images: np.ndarray, labels: np.ndarray,
+def shipped_metrics(loaded: TorchModel, images: np.ndarray, labels: np.ndarray,
                     full: dict | None = None, data: Path | None = None) -> dict:
     """The manifest's ``metrics`` for the weights as shipped (fp16, normalised by the
     manifest): all of PublicTest plain and flip-averaged, and ``sample``.
@@ -177,14 +175,14 @@ def shipped_metrics(loaded: LoadedModel, images: np.ndarray, labels: np.ndarray,
 
 
 def update_manifest(model_dir: Path, images: np.ndarray, labels: np.ndarray, full: dict | None = None,
-                    data: Path | None = None, loaded: LoadedModel | None = None) -> dict:
+                    data: Path | None = None, loaded: TorchModel | None = None) -> dict:
     """Recompute ``metrics`` of ``model_dir``'s manifest from the shipped weights
     (sha256-checked) on PublicTest ``images``/``labels`` and rewrite manifest.json
     atomically; the weights file, its sha256 and every other key stay as they are.
-    ``loaded``/``full``: ``load_model(model_dir)`` and its ``evaluate_loaded`` on these
+    ``loaded``/``full``: ``load_network(model_dir)`` and its ``evaluate_loaded`` on these
     images, if the caller has them already."""
     model_dir = Path(model_dir)
-    loaded = loaded or load_model(model_dir)
+    loaded = loaded or load_network(model_dir)
     new_metrics = shipped_metrics(loaded, images, labels, full=full, data=data)
     path = model_dir / "manifest.json"
     manifest = json.loads(path.read_text())

@@ -4,9 +4,11 @@
     python -m training.evaluate --split all --sample 500  # a quick look at 500 fixed rows
     python -m training.evaluate --update-manifest         # rewrite manifest.json's metrics
 
-The weights are loaded through ``emotion.model.load_model`` (sha256 checked against the
-manifest) and normalised by ``LoadedModel.preprocess``, i.e. by the manifest's ``input``,
-exactly as the service does.  The npz needs ``images`` (N,48,48) uint8 and ``labels`` (N,)
+The fp16 weights are loaded through ``training.network.load_network`` (sha256 checked
+against the manifest) and normalised by ``emotion.model.normalise``, i.e. by the
+manifest's ``input``, exactly as the service does.  The service runs the same weights as
+the ONNX graph beside them, through OpenCV; tests/test_optimisations.py checks that the
+two agree within 1e-4 on real faces.  The npz needs ``images`` (N,48,48) uint8 and ``labels`` (N,)
 FER2013 ids; without a ``usage`` array every row is used.
 
 Printed (JSON): accuracy, macro-F1, per-class precision and recall and the confusion
@@ -30,7 +32,8 @@ import numpy as np
 
 from training.common import (CLASSES, DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, evaluate_loaded, fixed_sample,
                              has_usage, load_split, update_manifest)
-from emotion.model import WeightsError, load_model  # noqa: E402  (path set up by training.common)
+from emotion.model import WeightsError  # noqa: E402  (path set up by training.common)
+from training.network import load_network  # noqa: E402
 
 SPLITS = {"public-test": PUBLIC_TEST, "training": TRAINING, "all": None}
 SPLIT_NAMES = {"public-test": "PublicTest", "training": "Training", "all": "all rows"}
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
     if not args.data.exists():
         sys.exit(f"no data at {args.data} (FER2013 npz: images, labels, usage; see ../shared/data/fer2013/README)")
     try:
-        loaded = load_model(args.model_dir)  # the sha256 is checked against the manifest
+        loaded = load_network(args.model_dir)  # the sha256 is checked against the manifest
     except WeightsError as exc:
         sys.exit(f"refused: {exc}")
     usage = has_usage(args.data)

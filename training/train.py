@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate, input_spec,
                              load_split, sha256_file, to_tensor, update_manifest)
-from emotion.model import available_cpus, export_weights, load_model  # noqa: E402  (path set up by training.common)
+from emotion.model import available_cpus  # noqa: E402  (path set up by training.common)
+from training.network import export_weights, load_network  # noqa: E402
 
 DEFAULT_CHECKPOINTS = Path(os.environ.get("EMOTION_CHECKPOINTS", Path.home() / ".cache" / "emotion-resnet9"))
 
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
         train_x, train_y, val_x, val_y = train_x[:args.limit], train_y[:args.limit], val_x[:args.limit], val_y[:args.limit]
     mean = float(train_x.mean() / 255.0)
     std = float(train_x.std() / 255.0)
-    init = load_model(args.init, fold=False) if args.init else None
+    init = load_network(args.init) if args.init else None
     if init:  # the warm start keeps the normalisation its weights were trained with
         mean, std = init.manifest["input"]["mean"], init.manifest["input"]["std"]
     train_t = to_tensor(train_x, mean, std)
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
                                  "machine": f"{platform.machine()}, {args.device}, {args.threads} threads, "
                                             f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
                 })
-                written = load_model(args.out)  # the fp16 weights as written, evaluated where training runs
+                written = load_network(args.out)  # the fp16 weights as written, evaluated where training runs
                 written.net.to(args.device)
                 manifest = update_manifest(args.out, val_x, val_y, data=args.data, loaded=written)
                 shipped = manifest["metrics"]

@@ -1,6 +1,7 @@
 """The detection pipeline: image bytes -> faces with emotions.
 
-Local first (Haar cascade + ResNet9, one batched forward pass for every face);
+Local first (Haar cascade + ResNet9 through OpenCV's DNN module, one batched forward
+pass for every face);
 Amazon Rekognition only when the configuration says so.  Knows nothing of API
 Gateway or S3."""
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Pipeline:
 
     def __init__(self, settings: Settings, model: LoadedModel | None = None):
         self.settings = settings
-        cv2.setNumThreads(use_available_cpus())
+        use_available_cpus()  # OpenCV's threads: detection and the network
         self.model = model or load_model(settings.model_dir)
         self.detector = FaceDetector(max_side=settings.detect_max_side,
                                      scale_factor=settings.detect_scale_factor,

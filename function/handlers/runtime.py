@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import os
 
-# Before torch is imported (its OpenMP reads this once, at load): idle OpenMP threads
-# sleep instead of spinning, so they leave the CPU to OpenCV's detection between
-# forward passes and do not burn a Lambda's fractional vCPU share (BENCHMARKS.md:
-# 10-25 % faster in one run, within noise in another).  The environment's value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "emotion")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "EmotionService")
 
-from aws_lambda_powertools import Logger, Metrics  # noqa: E402
+from aws_lambda_powertools import Logger, Metrics  # noqa: E402  (after the defaults above)
 from aws_lambda_powertools.metrics import MetricUnit  # noqa: E402
 
 from emotion.config import Settings  # noqa: E402
