@@ -19,7 +19,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "function"))
 
-from emotion.model import (CLASSES, FER2013_IDS, INPUT_SIZE, WeightsError, normalise,  # noqa: E402
+from emotion.model import (CLASSES, FER2013_IDS, INPUT_SIZE, Described, WeightsError, normalise,  # noqa: E402
                            read_manifest, sha256_bytes)
 
 WEIGHTS_FILE = "resnet9_fer2013.fp16.pt"
@@ -77,20 +77,12 @@ ResNet9 = ResNet
 
 
 @dataclass(frozen=True)
-class TorchModel:
+class TorchModel(Described):
     """The shipped weights as a torch network (eval mode, fp32), for evaluation and
     further training; the same ``preprocess`` arithmetic as the Lambda's."""
 
     net: nn.Module
     manifest: dict
-
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return tuple(self.manifest["classes"])
-
-    @property
-    def sha256(self) -> str:
-        return self.manifest["sha256"]
 
     def preprocess(self, faces) -> torch.Tensor:
         """Grey uint8 crops (N, 48, 48) -> the normalised batch (emotion.model.normalise)."""

@@ -48,13 +48,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-@dataclass
-class LoadedModel:
-    """The network, ready to run, plus what its manifest says about it."""
+class Described:
+    """What a loaded model's manifest says about it (the ONNX graph here, the torch
+    network in training share it)."""
 
-    net: cv2.dnn.Net
     manifest: dict
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -64,6 +62,15 @@ class LoadedModel:
     def sha256(self) -> str:
         """The trained weights' sha256: the model's identity in every answer."""
         return self.manifest["sha256"]
+
+
+@dataclass
+class LoadedModel(Described):
+    """The network, ready to run, plus what its manifest says about it."""
+
+    net: cv2.dnn.Net
+    manifest: dict
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def logits(self, faces: list[np.ndarray]) -> np.ndarray:
         """Logits, shape (len(faces), 7), of 48x48 grey uint8 crops, in one forward pass."""
