@@ -8,11 +8,13 @@ API Gateway wraps them (function/local/events.py)."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import sys
 from pathlib import Path
 
 import requests
+from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "function"))
@@ -21,6 +23,9 @@ from local.events import http_api_event, rest_api_event  # noqa: E402
 
 IMAGES = HERE / "images"
 URL = "https://abc123.execute-api.ap-northeast-2.amazonaws.com"
+# Where the cascade finds the astronaut's face (x0, y0, x1, y1): cut out, it is a face crop
+# in FER2013's own format, 48x48 grey.
+ASTRONAUT_FACE_BOX = (174, 64, 275, 165)
 
 
 def prepared(path: str, method: str = "POST", **kwargs) -> tuple[dict, bytes]:
@@ -30,10 +35,21 @@ def prepared(path: str, method: str = "POST", **kwargs) -> tuple[dict, bytes]:
     return headers, body.encode() if isinstance(body, str) else body
 
 
+def face_crop() -> bytes:
+    """events/images/astronaut-face.png: the astronaut's face alone, 48x48 grey PNG."""
+    with Image.open(IMAGES / "astronaut.jpg") as img:
+        face = img.convert("L").crop(ASTRONAUT_FACE_BOX).resize((48, 48), Image.Resampling.BOX)
+    buffer = io.BytesIO()
+    face.save(buffer, format="PNG")
+    (IMAGES / "astronaut-face.png").write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
 def main() -> int:
     face = (IMAGES / "astronaut.jpg").read_bytes()
     no_face = (IMAGES / "coffee.jpg").read_bytes()
     group = (IMAGES / "group.jpg").read_bytes()
+    crop = face_crop()
     b64 = base64.b64encode(face)
     jpeg = {"Content-Type": "image/jpeg"}
     events = {
@@ -48,6 +64,7 @@ def main() -> int:
         "rest-api-prototype-form.json": rest_api_event("POST", "/main", *prepared("/main", data={"image": b64})),
         "http-api-no-face.json": http_api_event("POST", "/emotion", jpeg, no_face),
         "http-api-group.json": http_api_event("POST", "/emotion", jpeg, group),
+        "http-api-face-crop.json": http_api_event("POST", "/emotion", {"Content-Type": "image/png"}, crop),
         # bad requests
         "bad-base64.json": http_api_event("POST", "/emotion", *prepared("/emotion", json={"image": "not base64!"})),
         "bad-not-an-image.json": http_api_event("POST", "/emotion", *prepared(

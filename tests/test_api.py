@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 
+import numpy as np
 import pytest
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 from botocore.stub import Stubber
@@ -15,11 +16,13 @@ from conftest import EVENTS
 from PIL import Image
 
 from emotion import rekognition
+from emotion.faces import Box, face_crop_box
 from emotion.images import decode
 from emotion.model import CLASSES
 from emotion.pipeline import Pipeline
 from handlers import api, runtime
 from local.events import LambdaContext, http_api_event
+from training.common import DEFAULT_DATA, PUBLIC_TEST, fixed_sample, load_split
 
 # The face of the astronaut portrait (events/images/astronaut.jpg, 512x512) is centred
 # near (225, 113); a box on her face must contain that point and be face-sized.
@@ -241,6 +244,86 @@ def test_a_bug_is_a_500_without_a_trace(monkeypatch, astronaut_jpeg):
     status, body = post(astronaut_jpeg)
     assert (status, body["error"]["code"]) == (500, "internal_error")
     assert "secret" not in json.dumps(body)
+
+
+# ---- face crops: pictures that are a face, as FER2013's are ------------------------------
+
+@pytest.fixture(scope="module")
+def fer_crops() -> tuple[np.ndarray, np.ndarray]:
+    """100 real FER2013 PublicTest faces (48x48 grey) and their labels."""
+    return fixed_sample(*load_split(DEFAULT_DATA, PUBLIC_TEST), n=100, seed=3)
+
+
+def test_face_crops_are_answered_as_the_model_classifies_them(stubbed_rekognition, fer_crops):
+    client, _ = stubbed_rekognition  # no response queued: a Rekognition call would show
+    calls = []
+    client.meta.events.register("before-parameter-build.rekognition.DetectFaces", lambda **kw: calls.append(1))
+    images, labels = fer_crops
+    direct = runtime.pipeline.model.predict(list(images)).argmax(1)
+    faces = []
+    for pixels in images:
+        status, body = post(_encode(Image.fromarray(pixels), "PNG"), "image/png")
+        assert status == 200 and body["source"] == "local" and "fallback_error" not in body
+        assert_answer_schema(body)
+        assert len(body["faces"]) == 1
+        faces.append(body["faces"][0])
+    client.meta.events.unregister("before-parameter-build.rekognition.DetectFaces")
+    assert not calls
+    whole = [i for i, face in enumerate(faces) if face.get("whole_image")]
+    assert len(whole) >= 95  # the rest: the cascade found a face of less than 60 % of the crop
+    for i in whole:
+        assert faces[i]["box"] == {"x": 0, "y": 0, "width": 48, "height": 48}
+        assert faces[i]["emotion"] == CLASSES[direct[i]]
+    answered = np.mean([CLASSES.index(face["emotion"]) == label for face, label in zip(faces, labels)])
+    assert answered >= np.mean(direct == labels) - 0.03 and answered >= 0.6, answered
+
+
+def test_without_the_face_crop_rule_most_crops_have_no_face(use_pipeline, fer_crops):
+    use_pipeline(face_crop_max_side=0, fallback_mode="off")
+    found = [post(_encode(Image.fromarray(pixels), "PNG"), "image/png")[1]["faces"] for pixels in fer_crops[0][:40]]
+    assert sum(map(bool, found)) < 20
+
+
+def test_the_face_crop_event_is_the_astronauts_smile():
+    status, body = invoke(json.loads((EVENTS / "http-api-face-crop.json").read_text()))
+    assert status == 200
+    assert_answer_schema(body)
+    assert body["image"] == {"width": 48, "height": 48} and body["source"] == "local"
+    [face] = body["faces"]
+    assert face["whole_image"] is True and face["box"] == {"x": 0, "y": 0, "width": 48, "height": 48}
+    assert face["emotion"] == "HAPPY"
+
+
+def test_only_small_nearly_square_pictures_are_face_crops(use_pipeline, astronaut_jpeg, coffee_jpeg):
+    use_pipeline(fallback_mode="off")
+    astronaut, coffee = Image.open(io.BytesIO(astronaut_jpeg)), Image.open(io.BytesIO(coffee_jpeg))
+    # A small portrait: the face found in it is a fifth of the picture, so it keeps its box.
+    status, body = post(_encode(astronaut.resize((256, 256), Image.Resampling.LANCZOS), "JPEG", quality=90))
+    [face] = body["faces"]
+    assert "whole_image" not in face and contains(face["box"], (ASTRONAUT_FACE[0] // 2, ASTRONAUT_FACE[1] // 2))
+    assert face["box"]["width"] < 0.6 * 256
+    # No face: a small square picture is taken to be a face crop, and says so; a larger
+    # one, or a small one wider than 1:1.3, is not.
+    square = coffee.crop((200, 100, 400, 300))
+    [face] = post(_encode(square, "JPEG", quality=90))[1]["faces"]
+    assert face["whole_image"] is True and face["box"] == {"x": 0, "y": 0, "width": 200, "height": 200}
+    assert post(_encode(coffee.crop((150, 50, 450, 350)), "JPEG", quality=90))[1]["faces"] == []
+    assert post(_encode(coffee.resize((240, 160)), "JPEG", quality=90))[1]["faces"] == []
+
+
+@pytest.mark.parametrize("width, height, boxes, expected", [
+    (48, 48, [], True),
+    (256, 197, [], True),                       # 1:1.3
+    (256, 196, [], False),                      # wider than 1:1.3
+    (257, 257, [], False),                      # larger than FACE_CROP_MAX_SIDE
+    (100, 100, [Box(10, 10, 60, 60)], True),    # the face fills 60 % of the side
+    (100, 100, [Box(10, 10, 59, 59)], False),
+    (100, 100, [Box(0, 0, 80, 80), Box(85, 85, 12, 12)], True),
+])
+def test_face_crop_box_thresholds(width, height, boxes, expected):
+    box = face_crop_box(width, height, boxes, max_side=256)
+    assert box == (Box(0, 0, width, height) if expected else None)
+    assert face_crop_box(width, height, boxes, max_side=0) is None
 
 
 # ---- the Rekognition fallback ----------------------------------------------------

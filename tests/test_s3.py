@@ -43,10 +43,10 @@ API_FIELDS = {"emotion", "faces", "source", "image", "model"}
 S3_FIELDS = {"status", "bucket", "key", "version_id", "etag", "processed_at"}
 
 
-def jpeg(name: str, box: tuple[int, int, int, int], size: int) -> bytes:
+def jpeg(name: str, box: tuple[int, int, int, int], size: tuple[int, int]) -> bytes:
     """A small JPEG cut out of one of the sample photos."""
     buffer = io.BytesIO()
-    Image.open(IMAGES / name).convert("RGB").crop(box).resize((size, size)).save(buffer, "JPEG", quality=90)
+    Image.open(IMAGES / name).convert("RGB").crop(box).resize(size).save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
 
@@ -56,9 +56,10 @@ def gif() -> bytes:
     return buffer.getvalue()
 
 
-FACE = jpeg("astronaut.jpg", (150, 40, 300, 190), 96)      # the astronaut's face, small
-FACE_64 = jpeg("astronaut.jpg", (150, 40, 300, 190), 64)
-NO_FACE = jpeg("coffee.jpg", (0, 0, 200, 200), 64)
+FACE = jpeg("astronaut.jpg", (150, 40, 300, 190), (96, 96))      # the astronaut's face, small
+FACE_64 = jpeg("astronaut.jpg", (150, 40, 300, 190), (64, 64))
+# 3:2, so never taken to be a face crop (a small square picture with no face would be).
+NO_FACE = jpeg("coffee.jpg", (0, 0, 300, 200), (96, 64))
 
 
 def context() -> SimpleNamespace:
@@ -364,7 +365,7 @@ def test_no_face_falls_back_to_rekognition_as_the_api_does(s3, fallback, rekogni
     rekognition_stub.assert_no_pending_responses()
     result = result_of(s3, key)
     assert (result["status"], result["source"], result["emotion"]) == ("ok", "rekognition", "NEUTRAL")
-    assert result["faces"][0]["box"] == {"x": 16, "y": 16, "width": 32, "height": 32}
+    assert result["faces"][0]["box"] == {"x": 24, "y": 16, "width": 48, "height": 32}
     # Rekognition failing is not the file's fault and not worth a retry: ok, with fallback_error.
     rekognition_stub.add_client_error("detect_faces", "ThrottlingException", http_status_code=400)
     assert invoke(s3_record(s3, key))["ok"] == 1

@@ -29,6 +29,7 @@ class Settings:
     detect_min_size: int = 24
     detect_fast_side: int = 320
     detect_fast_scale_factor: float = 1.2
+    face_crop_max_side: int = 256
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -51,6 +52,7 @@ class Settings:
             detect_min_size=int(_env("DETECT_MIN_SIZE", str(cls.detect_min_size))),
             detect_fast_side=int(_env("DETECT_FAST_SIDE", str(cls.detect_fast_side))),
             detect_fast_scale_factor=float(_env("DETECT_FAST_SCALE_FACTOR", str(cls.detect_fast_scale_factor))),
+            face_crop_max_side=int(_env("FACE_CROP_MAX_SIDE", str(cls.face_crop_max_side))),
         )
 
 

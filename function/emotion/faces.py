@@ -73,6 +73,26 @@ class FaceDetector:
         return sorted(boxes, key=lambda b: b.width * b.height, reverse=True)
 
 
+# A picture that is itself a face crop (FER2013's are 48x48): small and nearly square.
+FACE_CROP_MAX_ASPECT = 1.3
+# ... and a face found in it fills it: at least this share of its shorter side.
+FACE_CROP_MIN_FILL = 0.6
+
+
+def face_crop_box(width: int, height: int, boxes: list[Box], max_side: int) -> Box | None:
+    """The whole picture as the one face, when the picture is a face crop rather than a
+    photo: at most ``max_side`` pixels on its longer side, nearly square, and either no
+    face found in it or the largest one filling most of it.  The cascade rarely finds a
+    face that touches the picture's borders (it needs the windows around the face as
+    well), so in most tight crops it finds none; and when it does find one, the whole
+    crop is the framing the model was trained on.  ``max_side=0``: never."""
+    if not 0 < max(width, height) <= max_side or max(width, height) > FACE_CROP_MAX_ASPECT * min(width, height):
+        return None
+    if boxes and boxes[0].width < FACE_CROP_MIN_FILL * min(width, height):
+        return None
+    return Box(0, 0, width, height)
+
+
 def crop_face(grey: np.ndarray, box: Box, size: int = 48) -> np.ndarray:
     """The face under ``box`` as a size x size grey uint8 crop."""
     face = grey[box.y:box.y + box.height, box.x:box.x + box.width]

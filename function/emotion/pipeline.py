@@ -13,7 +13,7 @@ import numpy as np
 
 from emotion import rekognition
 from emotion.config import Settings
-from emotion.faces import FaceDetector, crop_face
+from emotion.faces import FaceDetector, crop_face, face_crop_box
 from emotion.images import DecodedImage, decode, jpeg_or_png_within
 from emotion.model import LoadedModel, load_model, use_available_cpus
 
@@ -74,8 +74,12 @@ class Pipeline:
         return decode(data, s.max_image_bytes, s.max_image_pixels, min_side=2 * s.detect_max_side)
 
     def local_faces(self, image: DecodedImage) -> list[dict]:
+        """The faces the cascade finds, classified in one batch; or the whole picture as
+        the one face when it is a face crop (emotion.faces.face_crop_box)."""
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
         boxes = self.detector.detect(grey)
+        whole = face_crop_box(grey.shape[1], grey.shape[0], boxes, self.settings.face_crop_max_side)
+        boxes = [whole] if whole else boxes
         if not boxes:
             return []
         size = self.model.manifest["input"]["size"]
@@ -91,6 +95,8 @@ class Pipeline:
                 "scores": {c: round(float(s), 4) for c, s in zip(classes, p)},
                 "source": "local",
             })
+            if whole:
+                faces[-1]["whole_image"] = True
         return faces
 
     def _wants_fallback(self, faces: list[dict]) -> bool:
