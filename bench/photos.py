@@ -28,11 +28,13 @@ def _portrait(width: int, height: int) -> bytes:
 
 
 def photos() -> dict[str, dict]:
-    """name -> {"data": JPEG bytes, "faces": faces in it, "label": what it is}."""
+    """name -> {"data": JPEG (or PNG) bytes, "faces": faces in it, "label": what it is}."""
     return {
         "640x480": {"data": _portrait(640, 480), "faces": 1, "label": "one face, 640x480"},
         "1920x1080": {"data": _portrait(1920, 1080), "faces": 1, "label": "one face, 1920x1080"},
         "4032x3024": {"data": _portrait(4032, 3024), "faces": 1, "label": "one face, 12 megapixels (a phone's photo)"},
         "group": {"data": (IMAGES / "group.jpg").read_bytes(), "faces": 3, "label": "three faces, 1280x720"},
         "no-face": {"data": (IMAGES / "coffee.jpg").read_bytes(), "faces": 0, "label": "no face, 600x400"},
+        "face crop": {"data": (IMAGES / "astronaut-face.png").read_bytes(), "faces": 1,
+                      "label": "a face crop, 48x48 grey PNG (FER2013's format)"},
     }

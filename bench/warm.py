@@ -190,7 +190,8 @@ def prototype(images: dict, reps: int) -> dict:
         proto = Prototype(weights)
         out = {}
         for name, photo in images.items():
-            out[name] = summary(timings(lambda: proto(photo["data"]), reps, warmup=1))
+            out[name] = {**summary(timings(lambda: proto(photo["data"]), reps, warmup=1)),
+                         "faces": len(proto(photo["data"]))}
         t = {"load_weights": median(lambda: ResNet().load_state_dict(torch.load(weights, map_location="cpu")), reps),
              "load_cascade": median(lambda: cv2.CascadeClassifier(
                  cv2.data.haarcascades + "haarcascade_frontalface_default.xml"), reps)}
