@@ -16,7 +16,7 @@ from conftest import EVENTS
 from PIL import Image
 
 from emotion import rekognition
-from emotion.faces import Box, face_crop_box
+from emotion.faces import Box
 from emotion.images import decode
 from emotion.model import CLASSES
 from emotion.pipeline import Pipeline
@@ -294,7 +294,7 @@ def test_the_face_crop_event_is_the_astronauts_smile():
     assert face["emotion"] == "HAPPY"
 
 
-def test_only_small_nearly_square_pictures_are_face_crops(use_pipeline, astronaut_jpeg, coffee_jpeg):
+def test_only_nearly_square_pictures_that_may_be_a_face_are_face_crops(use_pipeline, astronaut_jpeg, coffee_jpeg):
     use_pipeline(fallback_mode="off")
     astronaut, coffee = Image.open(io.BytesIO(astronaut_jpeg)), Image.open(io.BytesIO(coffee_jpeg))
     # A small portrait: the face found in it is a fifth of the picture, so it keeps its box.
@@ -303,7 +303,8 @@ def test_only_small_nearly_square_pictures_are_face_crops(use_pipeline, astronau
     assert "whole_image" not in face and contains(face["box"], (ASTRONAUT_FACE[0] // 2, ASTRONAUT_FACE[1] // 2))
     assert face["box"]["width"] < 0.6 * 256
     # No face: a small square picture is taken to be a face crop, and says so; a larger
-    # one, or a small one wider than 1:1.3, is not.
+    # one in which a second look finds no face filling it, or a small one wider than
+    # 1:1.3, is not.
     square = coffee.crop((200, 100, 400, 300))
     [face] = post(_encode(square, "JPEG", quality=90))[1]["faces"]
     assert face["whole_image"] is True and face["box"] == {"x": 0, "y": 0, "width": 200, "height": 200}
@@ -311,19 +312,37 @@ def test_only_small_nearly_square_pictures_are_face_crops(use_pipeline, astronau
     assert post(_encode(coffee.resize((240, 160)), "JPEG", quality=90))[1]["faces"] == []
 
 
+def test_larger_tight_crops_are_face_crops_when_a_second_look_finds_the_face(use_pipeline, fer_crops):
+    # 320x320: over FACE_CROP_MAX_SIDE, so a crop with no face found is looked at again
+    # with a border around it, where the cascade can find a face that fills the picture.
+    def answered(faces_of) -> float:
+        return np.mean([bool(faces_of(pixels)) for pixels in fer_crops[0]])
+
+    def post_320(pixels) -> list[dict]:
+        big = Image.fromarray(pixels).resize((320, 320), Image.Resampling.BICUBIC)
+        return post(_encode(big, "JPEG", quality=90))[1]["faces"]
+
+    use_pipeline(fallback_mode="off")
+    with_rule = answered(post_320)
+    use_pipeline(fallback_mode="off", face_crop_max_side=0)
+    without = answered(post_320)
+    assert with_rule >= 0.7 and with_rule >= without + 0.1, (with_rule, without)
+
+
 @pytest.mark.parametrize("width, height, boxes, expected", [
     (48, 48, [], True),
     (256, 197, [], True),                       # 1:1.3
     (256, 196, [], False),                      # wider than 1:1.3
-    (257, 257, [], False),                      # larger than FACE_CROP_MAX_SIDE
+    (257, 257, [], False),                      # over FACE_CROP_MAX_SIDE, and no face fills it
     (100, 100, [Box(10, 10, 60, 60)], True),    # the face fills 60 % of the side
     (100, 100, [Box(10, 10, 59, 59)], False),
     (100, 100, [Box(0, 0, 80, 80), Box(85, 85, 12, 12)], True),
+    (400, 400, [Box(80, 80, 240, 240)], True),  # any size, when the face fills it
 ])
-def test_face_crop_box_thresholds(width, height, boxes, expected):
-    box = face_crop_box(width, height, boxes, max_side=256)
-    assert box == (Box(0, 0, width, height) if expected else None)
-    assert face_crop_box(width, height, boxes, max_side=0) is None
+def test_face_crop_thresholds(width, height, boxes, expected):
+    detector, blank = runtime.pipeline.detector, np.zeros((height, width), np.uint8)
+    assert detector.face_crop(blank, boxes, max_side=256) == (Box(0, 0, width, height) if expected else None)
+    assert detector.face_crop(blank, boxes, max_side=0) is None
 
 
 # ---- the Rekognition fallback ----------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 from emotion import rekognition
 from emotion.config import Settings
-from emotion.faces import FaceDetector, crop_face, face_crop_box
+from emotion.faces import FaceDetector, crop_face
 from emotion.images import DecodedImage, decode, jpeg_or_png_within
 from emotion.model import LoadedModel, load_model, use_available_cpus
 
@@ -75,10 +75,10 @@ class Pipeline:
 
     def local_faces(self, image: DecodedImage) -> list[dict]:
         """The faces the cascade finds, classified in one batch; or the whole picture as
-        the one face when it is a face crop (emotion.faces.face_crop_box)."""
+        the one face when it is a face crop (FaceDetector.face_crop)."""
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
         boxes = self.detector.detect(grey)
-        whole = face_crop_box(grey.shape[1], grey.shape[0], boxes, self.settings.face_crop_max_side)
+        whole = self.detector.face_crop(grey, boxes, self.settings.face_crop_max_side)
         boxes = [whole] if whole else boxes
         if not boxes:
             return []
