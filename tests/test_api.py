@@ -284,8 +284,11 @@ def test_without_the_face_crop_rule_most_crops_have_no_face(use_pipeline, fer_cr
     assert sum(map(bool, found)) < 20
 
 
-def test_the_face_crop_event_is_the_astronauts_smile():
+def test_the_face_crop_event_is_the_astronauts_smile(capsys):
     status, body = invoke(json.loads((EVENTS / "http-api-face-crop.json").read_text()))
+    invoke(json.loads((EVENTS / "http-api-jpeg.json").read_text()))  # a photo: no face crop
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [m["FaceCrops"] for m in emf if "FaceCrops" in m] == [[1.0], [0.0]]  # what operators see
     assert status == 200
     assert_answer_schema(body)
     assert body["image"] == {"width": 48, "height": 48} and body["source"] == "local"

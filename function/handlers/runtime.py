@@ -29,5 +29,6 @@ def record(result: dict) -> None:
     """Metrics of one analysed image."""
     count("FacesFound", len(result["faces"]))
     count("FallbackUsed", int(result["source"] == "rekognition"))
+    count("FaceCrops", int(any(face.get("whole_image") for face in result["faces"])))
     if "fallback_error" in result:
         count("FallbackErrors")
