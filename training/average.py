@@ -31,7 +31,7 @@ from training.common import (DEFAULT_DATA, PUBLIC_TEST, TRAINING, ResNet, evalua
                              sha256_file, to_tensor, update_manifest)
 from training.train import git_commit
 from emotion.model import available_cpus  # noqa: E402
-from training.network import export_weights, load_network, state_dict_from_prototype  # noqa: E402
+from training.network import cast_floats, export_weights, load_network, state_dict_from_prototype  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def load_source(path: Path) -> tuple[dict, dict | None]:
         loaded = load_network(path)
         return loaded.net.state_dict(), loaded.manifest
     obj = torch.load(path, map_location="cpu", weights_only=False)
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in state_dict_from_prototype(obj).items()}, None
+    return cast_floats(state_dict_from_prototype(obj), torch.float32), None
 
 
 def average_states(states: list[dict]) -> dict:

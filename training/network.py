@@ -76,6 +76,19 @@ class ResNet(nn.Module):
 ResNet9 = ResNet
 
 
+def cast_floats(state: dict, dtype: torch.dtype) -> dict:
+    """A state_dict with its floating-point entries in ``dtype``, on the CPU; the rest
+    (BatchNorm's batch counters) as they are."""
+    return {k: (v.to(dtype) if v.is_floating_point() else v).cpu() for k, v in state.items()}
+
+
+def network_from_state(state: dict, in_channels: int = 1, num_classes: int = 7) -> ResNet:
+    """A ResNet in eval mode holding ``state`` (fp16 or fp32) in fp32."""
+    net = ResNet(in_channels, num_classes)
+    net.load_state_dict(cast_floats(state, torch.float32))
+    return net.eval()
+
+
 @dataclass(frozen=True)
 class TorchModel(Described):
     """The shipped weights as a torch network (eval mode, fp32), for evaluation and
@@ -108,10 +121,8 @@ def load_network(directory: Path | str) -> TorchModel:
     if sha256_bytes(data) != manifest.get("sha256"):
         raise WeightsError(f"{manifest['weights']}: sha256 does not match {directory / 'manifest.json'}")
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    net = ResNet(in_channels=manifest["input"]["channels"], num_classes=len(manifest["classes"]))
-    net.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in state.items()})
-    net.eval().to(memory_format=torch.channels_last)
-    return TorchModel(net=net, manifest=manifest)
+    net = network_from_state(state, manifest["input"]["channels"], len(manifest["classes"]))
+    return TorchModel(net=net.to(memory_format=torch.channels_last), manifest=manifest)
 
 
 def onnx_bytes(state: dict, in_channels: int = 1, num_classes: int = 7) -> bytes:
@@ -124,9 +135,7 @@ def onnx_bytes(state: dict, in_channels: int = 1, num_classes: int = 7) -> bytes
     import onnx  # training-side only, like torch
     from onnx import TensorProto, helper, numpy_helper
 
-    net = ResNet(in_channels, num_classes)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    net.eval()
+    net = network_from_state(state, in_channels, num_classes)
     buffer = io.BytesIO()
     torch.onnx.export(net, torch.zeros(1, in_channels, INPUT_SIZE, INPUT_SIZE), buffer, dynamo=False,
                       input_names=["faces"], output_names=["logits"],
@@ -162,7 +171,7 @@ def export_weights(model: nn.Module, directory: Path, manifest: dict) -> dict:
     The manifest is written last, so a reader never sees a sha256 of other bytes.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in model.state_dict().items()}
+    state = cast_floats(model.state_dict(), torch.float16)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     weights = buffer.getvalue()
@@ -188,7 +197,7 @@ def add_onnx(directory: Path) -> dict:
     """(Re)write the ONNX graph of ``directory`` from its fp16 state_dict, and its
     entry in the manifest; nothing else in the manifest changes."""
     model = load_network(directory)  # read once, sha256 checked; fp16 -> fp32 -> fp16 is exact
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.net.state_dict().items()}
+    state = cast_floats(model.net.state_dict(), torch.float16)
     manifest = {**model.manifest, "onnx": _write_onnx(state, directory)}
     _write_manifest(directory, manifest)
     return manifest

@@ -67,8 +67,7 @@ class FaceDetector:
         """One pass: the image downscaled to a longer side of at most ``max_side``."""
         height, width = grey.shape
         scale = min(1.0, max_side / max(height, width))
-        small = grey if scale == 1.0 else cv2.resize(
-            grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+        small = grey if scale == 1.0 else _resized(grey, scale)
         found = self.cascade.detectMultiScale(small, scaleFactor=scale_factor,
                                               minNeighbors=self.min_neighbors,
                                               minSize=(self.min_size, self.min_size))
@@ -98,15 +97,19 @@ class FaceDetector:
         """Whether a face fills the picture: the cascade on the picture at ``side``
         pixels, with a black border of half that around it, for faces at least
         FACE_CROP_MIN_FILL of its shorter side (a few large windows: about 3 ms)."""
-        height, width = grey.shape
-        scale = side / max(height, width)
-        small = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
-                           interpolation=cv2.INTER_AREA)
+        small = _resized(grey, side / max(grey.shape))
         border = side // 2
         framed = cv2.copyMakeBorder(small, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
         least = int(FACE_CROP_MIN_FILL * min(small.shape))
         return len(self.cascade.detectMultiScale(framed, scaleFactor=1.1, minNeighbors=self.min_neighbors,
                                                  minSize=(least, least))) > 0
+
+
+def _resized(grey: np.ndarray, scale: float) -> np.ndarray:
+    """``grey`` scaled by ``scale`` (INTER_AREA), each side at least one pixel."""
+    height, width = grey.shape
+    return cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))),
+                      interpolation=cv2.INTER_AREA)
 
 
 def crop_face(grey: np.ndarray, box: Box, size: int = 48) -> np.ndarray:
