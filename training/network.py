@@ -104,9 +104,10 @@ class TorchModel(Described):
 
     @torch.inference_mode()
     def predict(self, faces) -> np.ndarray:
+        """Calibrated probabilities, as the Lambda's ``predict``: softmax(logits / temperature)."""
         device = next(self.net.parameters()).device
         logits = self.net(self.preprocess(faces).to(device))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
 
 
 def load_network(directory: Path | str) -> TorchModel:

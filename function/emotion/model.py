@@ -5,7 +5,8 @@ definition) and shipped twice in layers/model/: its fp16 state_dict, which train
 and evaluation read, and the same weights as an ONNX graph, which is what serves.  This
 module loads the ONNX graph with ``cv2.dnn`` (OpenCV is already here for the face
 detector), checks its sha256 against the manifest, and turns 48x48 grey crops into
-class probabilities.  Nothing here knows about Lambda, API Gateway or S3.
+class probabilities, calibrated by the manifest's temperature.  Nothing here knows
+about Lambda, API Gateway or S3.
 """
 from __future__ import annotations
 
@@ -63,6 +64,13 @@ class Described:
         """The trained weights' sha256: the model's identity in every answer."""
         return self.manifest["sha256"]
 
+    @property
+    def temperature(self) -> float:
+        """The logits are divided by it before the softmax, so that a confidence of 0.7
+        is right about 70 % of the time (the manifest's ``calibration``, fitted by
+        ``python -m training.calibrate``); 1 when the manifest has none."""
+        return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
+
 
 @dataclass
 class LoadedModel(Described):
@@ -73,18 +81,19 @@ class LoadedModel(Described):
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def logits(self, faces: list[np.ndarray]) -> np.ndarray:
-        """Logits, shape (len(faces), 7), of 48x48 grey uint8 crops, in one forward pass."""
+        """Logits, shape (len(faces), 7), of 48x48 grey uint8 crops, in one forward pass
+        (not divided by the temperature)."""
         x = normalise(np.stack(faces), self.manifest["input"])
         with self._lock:  # a cv2.dnn.Net runs one forward pass at a time
             self.net.setInput(x)
             return self.net.forward().astype(np.float32)
 
     def predict(self, faces: list[np.ndarray]) -> np.ndarray:
-        """Class probabilities, shape (len(faces), 7), for 48x48 grey uint8 crops,
-        in one batched forward pass."""
+        """Calibrated class probabilities, shape (len(faces), 7), for 48x48 grey uint8
+        crops, in one batched forward pass: ``softmax(logits / temperature)``."""
         if not faces:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
-        return softmax(self.logits(faces))
+        return softmax(self.logits(faces) / np.float32(self.temperature))
 
 
 def available_cpus() -> int:
