@@ -26,7 +26,7 @@ INIT ?=
 # the peak learning rate
 LR ?=
 
-.PHONY: setup tools run invoke serve run-s3 test train evaluate events bench fer-venv build sam-invoke deploy validate clean
+.PHONY: setup tools run invoke serve run-s3 test train evaluate events bench eval-faces fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,15 @@ $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q torch==2.13.0 -r requirements-dev.txt
 	touch $@
 
-setup: $(VENV)/.installed
+# The face detector (a third-party file, not committed): layers/detector/detector.json
+# names its URL and sha256; taken from ../shared's offline copy when there is one, else
+# downloaded, and refused when its sha256 differs.
+DETECTOR_SPEC := layers/detector/detector.json
+DETECTOR_FILE := layers/detector/$(shell sed -n 's/.*"file": "\(.*\)".*/\1/p' $(DETECTOR_SPEC))
+$(DETECTOR_FILE): $(DETECTOR_SPEC) function/fetch_detector.py
+	$(PYTHON) function/fetch_detector.py --spec $(DETECTOR_SPEC) --dir layers/detector --local ../shared/models/yunet
+
+setup: $(VENV)/.installed $(DETECTOR_FILE)
 
 # aws-sam-cli pins its own boto3, so it lives in a separate tools environment.
 $(TOOLS)/.installed:
@@ -70,6 +78,11 @@ evaluate: setup
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Recall, precision and time of both detectors on ../shared/data/faces (never committed).
+FACES ?= ../shared/data/faces
+eval-faces: setup
+	$(PY) -m bench.faces --data $(FACES) $(EVAL_ARGS)
 
 # The peer that issue #5 measures against, in its own environment (it needs TensorFlow,
 # never in the runtime's).  fer's own requirements would pull facenet-pytorch and with it

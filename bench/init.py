@@ -1,6 +1,7 @@
 """One cold start, in this fresh process: the imports one by one (in the order the
 handler needs them), then the handler module's own import, which reads the settings,
-loads the model (the ONNX graph, and one forward pass that prepares it) and the cascade
+loads the model (the ONNX graph, and one forward pass that prepares it) and the face
+detector
 and sets up Powertools (Lambda's init phase).
 Prints one JSON line of milliseconds.  Run by bench.run, several times."""
 from __future__ import annotations
@@ -26,7 +27,7 @@ def main() -> None:
         importlib.import_module(module)
         imports[label] = _ms(t0)
     t0 = time.perf_counter()
-    importlib.import_module("handlers.api")  # our modules, settings, model, cascade, Logger, Metrics
+    importlib.import_module("handlers.api")  # our modules, settings, model, detector, Logger, Metrics
     handler_module = _ms(t0)
     import sys
     assert "torch" not in sys.modules
@@ -34,20 +35,20 @@ def main() -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # The loading steps again, separately (their modules are imported by now).
     from emotion.config import Settings
-    from emotion.faces import FaceDetector
+    from emotion.pipeline import detector_for
     from emotion.model import load_model
     settings = Settings.from_env()
     t0 = time.perf_counter()
     load_model(settings.model_dir)
     model = _ms(t0)
     t0 = time.perf_counter()
-    FaceDetector()
-    cascade = _ms(t0)
+    detector_for(settings)
+    detector = _ms(t0)
     t0 = time.perf_counter()
     import boto3  # noqa: F401  (not imported at init: only by the first Rekognition call)
     boto = _ms(t0)
     print(json.dumps({"imports_ms": imports, "handler_module_ms": handler_module, "init_ms": total,
-                      "load_model_ms": model, "load_cascade_ms": cascade, "boto3_import_deferred_ms": boto,
+                      "load_model_ms": model, "load_detector_ms": detector, "boto3_import_deferred_ms": boto,
                       "rss_after_init_mb": round(rss_mb, 1)}))
 
 

@@ -109,8 +109,18 @@ def main(argv=None) -> int:
                                  TF_CPP_MIN_LOG_LEVEL="3")[0])
     results.update(warm=median_of(warm), fer=median_of(fer) if fer else None)
     results["sizes"] = sizes()
+    results["before"] = before(json.loads(RESULTS.read_text())) if RESULTS.exists() else None
     write(results, args.no_write)
     return 0
+
+
+def before(previous: dict) -> dict:
+    """What the previous run (the results.json this run replaces) measured, per photo,
+    for the before/after table."""
+    w, c = previous["warm"], previous["cold_start"]
+    return {"date": previous["machine"]["date"], "init_ms": c["init_ms"], "peak_rss_mb": w["peak_rss_mb"],
+            "photos": {n: {"p50": e["p50"], "p95": e["p95"], "detect": w["stages"][n]["detect"],
+                           "faces": w["stages"][n]["faces"]} for n, e in w["end_to_end"].items()}}
 
 
 def write(results: dict, print_only: bool) -> None:
@@ -167,18 +177,19 @@ def report(r: dict) -> str:
         unanswered = " (it finds no face)" if w["stages"][n]["faces"] and not p.get("faces", 1) else ""
         lines.append(f"| {n} | {w['stages'][n]['faces']} | {e['p50']:.1f} | {e['p95']:.1f} | "
                      f"{p['p50']:.0f} | {p['p50'] / e['p50']:.1f}x{unanswered} |")
+    lines += before_after(r)
     rl = w["prototype"]["reload_per_request"]
     lines += fer_section(r.get("fer"), w["end_to_end"], w["stages"])
     lines += ["", f"The prototype's path reloads the fp32 weights ({rl['load_weights']:.0f} ms) and the cascade "
               f"({rl['load_cascade']:.0f} ms) on every request and runs the cascade on the full-size image.",
               "", "### Stages (p50 ms)", "",
-              "| photo | decode | decode, every pixel | grey | detect | fast pass enough | crop | classify, one batch "
+              "| photo | decode | decode, every pixel | BGR + grey | detect | crop | classify, one batch "
               "| classify, one face at a time |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|"]
     for n in names:
         st = w["stages"][n]
-        lines.append(f"| {n} | {st['decode']:.1f} | {st['decode_every_pixel']:.1f} | {st['grey']:.1f} | {st['detect']:.1f} | "
-                     f"{'yes' if st['fast_pass_found'] else 'no'} | {st['crop']:.2f} | "
+        lines.append(f"| {n} | {st['decode']:.1f} | {st['decode_every_pixel']:.1f} | {st['colour']:.1f} | {st['detect']:.1f} | "
+                     f"{st['crop']:.2f} | "
                      f"{st.get('classify_batched', 0):.1f} | {st.get('classify_one_at_a_time', 0):.1f} |")
     lines += ["", "### Detection settings (p50 ms, faces found)", "", "| detector | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
@@ -194,11 +205,11 @@ def report(r: dict) -> str:
               f"arithmetic); a 2048x2048 fp32 matrix product runs at {f['matmul_2048_gflops']:.0f} GFLOP/s on "
               "the same number of threads."]
     imp = c["imports_ms"]
-    lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, model, cascade, Powertools) | init in all | process wall |",
+    lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, model, detector, Powertools) | init in all | process wall |",
               "|" + "---|" * (len(imp) + 3),
               "| " + " | ".join(f"{v:.0f}" for v in imp.values()) + f" | {c['handler_module_ms']:.0f} | {c['init_ms']:.0f} | {c['process_wall_ms']:.0f} |",
-              "", f"Inside the handler module: loading the model and its first forward pass {c['load_model_ms']:.0f} ms, the cascade "
-              f"{c['load_cascade_ms']:.0f} ms. boto3 is not imported at init: its {c['boto3_import_deferred_ms']:.0f} ms "
+              "", f"Inside the handler module: loading the model and its first forward pass {c['load_model_ms']:.0f} ms, the face detector "
+              f"{c['load_detector_ms']:.0f} ms. boto3 is not imported at init: its {c['boto3_import_deferred_ms']:.0f} ms "
               f"are paid by the first request that needs Rekognition. Resident memory after init {c['rss_after_init_mb']:.0f} MB; "
               f"peak of the warm process after all the requests above {w['peak_rss_mb']:.0f} MB.",
               "", f"### Installed size of the runtime's dependencies (Python {s['python']} here)", "",
@@ -211,6 +222,27 @@ def report(r: dict) -> str:
             lines.append(f"| {d['name']} | {d['version']} | {d['installed_mb']:.1f} | {d['image_mb']:.1f} |")
     lines += ["", "Largest files (MB): " + ", ".join(f"`{k}` {v:.0f}" for k, v in s["largest_files_mb"].items()) + "."]
     return "\n".join(lines)
+
+
+def before_after(r: dict) -> list[str]:
+    """This run beside the previous one (the results.json it replaced)."""
+    b = r.get("before")
+    if not b:
+        return []
+    w = r["warm"]
+    lines = ["", f"### Before (the previous run, {b['date']}) and after (this run)", "",
+             "| photo | faces found before / after | p50 ms before / after | p95 ms before / after "
+             "| detection alone ms before / after |", "|---|---|---|---|---|"]
+    for n, e in w["end_to_end"].items():
+        old = b["photos"].get(n)
+        st = w["stages"][n]
+        if old:
+            lines.append(f"| {n} | {old['faces']} / {st['faces']} | {old['p50']:.1f} / {e['p50']:.1f} | "
+                         f"{old['p95']:.1f} / {e['p95']:.1f} | {old['detect']:.1f} / {st['detect']:.1f} |")
+        else:
+            lines.append(f"| {n} | - / {st['faces']} | - / {e['p50']:.1f} | - / {e['p95']:.1f} | - / {st['detect']:.1f} |")
+    return lines + ["", f"Init {b['init_ms']:.0f} ms before, {r['cold_start']['init_ms']:.0f} ms after; "
+                        f"peak RSS {b['peak_rss_mb']:.0f} MB before, {w['peak_rss_mb']:.0f} MB after."]
 
 
 def fer_section(fer: dict | None, ours: dict, found: dict) -> list[str]:
@@ -242,7 +274,7 @@ def chart(r: dict, path: Path) -> None:
     rows = []
     for n in names:
         st = w["stages"][n]
-        d, det, cls = st["decode"] + st["grey"], st["detect"], st.get("classify_batched", 0.0)
+        d, det, cls = st["decode"] + st["colour"], st["detect"], st.get("classify_batched", 0.0)
         rows.append((n, [d, det, cls, max(0.0, w["end_to_end"][n]["p50"] - d - det - cls)], w["end_to_end"][n]["p50"]))
     try:
         font = ImageFont.load_default(size=15)

@@ -16,7 +16,7 @@ from conftest import EVENTS
 from PIL import Image
 
 from emotion import rekognition
-from emotion.faces import Box
+from emotion.faces import Box, Face
 from emotion.images import decode
 from emotion.model import CLASSES
 from emotion.pipeline import Pipeline
@@ -270,7 +270,7 @@ def test_face_crops_are_answered_as_the_model_classifies_them(stubbed_rekognitio
     client.meta.events.unregister("before-parameter-build.rekognition.DetectFaces")
     assert not calls
     whole = [i for i, face in enumerate(faces) if face.get("whole_image")]
-    assert len(whole) >= 95  # the rest: the cascade found a face of less than 60 % of the crop
+    assert len(whole) >= 95  # the rest: the detector found a face of less than 60 % of the crop
     for i in whole:
         assert faces[i]["box"] == {"x": 0, "y": 0, "width": 48, "height": 48}
         assert faces[i]["emotion"] == CLASSES[direct[i]]
@@ -278,10 +278,22 @@ def test_face_crops_are_answered_as_the_model_classifies_them(stubbed_rekognitio
     assert answered >= np.mean(direct == labels) - 0.03 and answered >= 0.6, answered
 
 
-def test_without_the_face_crop_rule_most_crops_have_no_face(use_pipeline, fer_crops):
+def test_without_the_face_crop_rule_crops_are_answered_worse(use_pipeline, fer_crops):
+    # YuNet finds a face in most 48x48 crops, but its box frames the face otherwise than
+    # FER2013 does: the whole crop is the better face (BENCHMARKS.md, "Face crops").
+    images, labels = fer_crops
+
+    def right() -> tuple[int, int]:
+        faces = [post(_encode(Image.fromarray(pixels), "PNG"), "image/png")[1]["faces"] for pixels in images]
+        return sum(map(bool, faces)), sum(bool(f) and CLASSES.index(f[0]["emotion"]) == label
+                                          for f, label in zip(faces, labels))
+
+    use_pipeline(fallback_mode="off")
+    answered, with_rule = right()
     use_pipeline(face_crop_max_side=0, fallback_mode="off")
-    found = [post(_encode(Image.fromarray(pixels), "PNG"), "image/png")[1]["faces"] for pixels in fer_crops[0][:40]]
-    assert sum(map(bool, found)) < 20
+    answered_without, without = right()
+    assert answered == 100 and answered_without < 95
+    assert with_rule >= without + 5, (with_rule, without)
 
 
 def test_the_face_crop_event_is_the_astronauts_smile(capsys):
@@ -315,21 +327,21 @@ def test_only_nearly_square_pictures_that_may_be_a_face_are_face_crops(use_pipel
     assert post(_encode(coffee.resize((240, 160)), "JPEG", quality=90))[1]["faces"] == []
 
 
-def test_larger_tight_crops_are_face_crops_when_a_second_look_finds_the_face(use_pipeline, fer_crops):
-    # 320x320: over FACE_CROP_MAX_SIDE, so a crop with no face found is looked at again
-    # with a border around it, where the cascade can find a face that fills the picture.
-    def answered(faces_of) -> float:
-        return np.mean([bool(faces_of(pixels)) for pixels in fer_crops[0]])
-
-    def post_320(pixels) -> list[dict]:
+def test_larger_tight_crops_are_face_crops_when_the_face_fills_them(use_pipeline, fer_crops):
+    # 320x320: over FACE_CROP_MAX_SIDE, so a crop is a face crop only when the face
+    # found fills it, or a second look with a border around it finds one that does.
+    def faces_of(pixels) -> list[dict]:
         big = Image.fromarray(pixels).resize((320, 320), Image.Resampling.BICUBIC)
         return post(_encode(big, "JPEG", quality=90))[1]["faces"]
 
     use_pipeline(fallback_mode="off")
-    with_rule = answered(post_320)
-    use_pipeline(fallback_mode="off", face_crop_max_side=0)
-    without = answered(post_320)
-    assert with_rule >= 0.7 and with_rule >= without + 0.1, (with_rule, without)
+    answers = [faces_of(pixels) for pixels in fer_crops[0]]
+    assert np.mean([bool(a) for a in answers]) >= 0.9
+    assert np.mean([bool(a) and a[0].get("whole_image", False) for a in answers]) >= 0.85
+
+
+def _faces(*boxes: Box) -> list[Face]:
+    return [Face(b, (b.x, b.y, b.width, b.height)) for b in boxes]
 
 
 @pytest.mark.parametrize("width, height, boxes, expected", [
@@ -344,8 +356,10 @@ def test_larger_tight_crops_are_face_crops_when_a_second_look_finds_the_face(use
 ])
 def test_face_crop_thresholds(width, height, boxes, expected):
     detector, blank = runtime.pipeline.detector, np.zeros((height, width), np.uint8)
-    assert detector.face_crop(blank, boxes, max_side=256) == (Box(0, 0, width, height) if expected else None)
-    assert detector.face_crop(blank, boxes, max_side=0) is None
+    bgr = np.zeros((height, width, 3), np.uint8)
+    faces = _faces(*boxes)
+    assert detector.face_crop(bgr, blank, faces, max_side=256) == (Box(0, 0, width, height) if expected else None)
+    assert detector.face_crop(bgr, blank, faces, max_side=0) is None
 
 
 # ---- the Rekognition fallback ----------------------------------------------------

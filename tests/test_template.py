@@ -234,7 +234,7 @@ def test_parameters(template):
     params = template["Parameters"]
     assert params["FallbackMode"]["AllowedValues"] == list(FALLBACK_MODES)
     assert params["FallbackMode"]["Default"] == "no-face"
-    assert float(params["ConfidenceThreshold"]["Default"]) == 0.5
+    assert float(params["ConfidenceThreshold"]["Default"]) == 0.55
     assert params["UploadPrefix"]["Default"] == "uploads/"
     pattern = params["UploadPrefix"]["AllowedPattern"]
     for good in ("uploads/", "photos/in/", "Uploads-2024/"):
@@ -248,7 +248,7 @@ def test_every_setting_the_code_reads_is_in_the_template(template, defaults):
     s3_handler = (ROOT / "function" / "handlers" / "s3.py").read_text()
     read_by_pipeline = set(re.findall(r'_env\("([A-Z0-9_]+)"', config))
     read_by_s3 = set(re.findall(r'os\.environ\.get\("([A-Z0-9_]+)"', s3_handler))
-    assert {"MODEL_DIR", "FALLBACK_MODE", "DETECT_MIN_SIZE"} <= read_by_pipeline
+    assert {"MODEL_DIR", "FALLBACK_MODE", "DETECTOR", "DETECTOR_DIR", "DETECT_MIN_FACE"} <= read_by_pipeline
     assert {"UPLOAD_PREFIX", "RESULTS_PREFIX", "MAX_OBJECT_BYTES"} <= read_by_s3
     powertools = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE"}
     api_env = function_env(template, "EmotionFunction", defaults)

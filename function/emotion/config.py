@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from emotion.faces import DETECTORS
+
 FALLBACK_MODES = ("no-face", "low-confidence", "off")
 
 
@@ -16,19 +18,21 @@ def _env(name: str, default: str) -> str:
 class Settings:
     model_dir: Path = Path("/opt/model")
     fallback_mode: str = "no-face"
-    confidence_threshold: float = 0.5
+    confidence_threshold: float = 0.55
     rekognition_region: str = "ap-northeast-2"
     rekognition_connect_timeout: float = 2.0
     rekognition_read_timeout: float = 5.0
     rekognition_max_attempts: int = 2
     max_image_bytes: int = 6 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    detect_max_side: int = 640
+    detector: str = "yunet"
+    detector_dir: Path = Path("/opt/detector")
+    detect_max_side: int = 0         # 0: the detector's own (faces.DEFAULT_PASSES)
+    detect_max_upscale: float = 0.0  # likewise
+    detect_min_face: int = 16
+    detect_score_threshold: float = 0.65
     detect_scale_factor: float = 1.1
     detect_min_neighbors: int = 5
-    detect_min_size: int = 24
-    detect_fast_side: int = 320
-    detect_fast_scale_factor: float = 1.2
     face_crop_max_side: int = 256
 
     @classmethod
@@ -36,6 +40,9 @@ class Settings:
         mode = _env("FALLBACK_MODE", cls.fallback_mode).lower()
         if mode not in FALLBACK_MODES:
             raise ValueError(f"FALLBACK_MODE must be one of {', '.join(FALLBACK_MODES)}, not {mode!r}")
+        detector = _env("DETECTOR", cls.detector).lower()
+        if detector not in DETECTORS:
+            raise ValueError(f"DETECTOR must be one of {', '.join(DETECTORS)}, not {detector!r}")
         return cls(
             model_dir=Path(_env("MODEL_DIR", str(default_model_dir()))),
             fallback_mode=mode,
@@ -46,19 +53,29 @@ class Settings:
             rekognition_max_attempts=int(_env("REKOGNITION_MAX_ATTEMPTS", str(cls.rekognition_max_attempts))),
             max_image_bytes=int(_env("MAX_IMAGE_BYTES", str(cls.max_image_bytes))),
             max_image_pixels=int(_env("MAX_IMAGE_PIXELS", str(cls.max_image_pixels))),
+            detector=detector,
+            detector_dir=Path(_env("DETECTOR_DIR", str(default_detector_dir()))),
             detect_max_side=int(_env("DETECT_MAX_SIDE", str(cls.detect_max_side))),
+            detect_max_upscale=float(_env("DETECT_MAX_UPSCALE", str(cls.detect_max_upscale))),
+            detect_min_face=int(_env("DETECT_MIN_FACE", str(cls.detect_min_face))),
+            detect_score_threshold=float(_env("DETECT_SCORE_THRESHOLD", str(cls.detect_score_threshold))),
             detect_scale_factor=float(_env("DETECT_SCALE_FACTOR", str(cls.detect_scale_factor))),
             detect_min_neighbors=int(_env("DETECT_MIN_NEIGHBORS", str(cls.detect_min_neighbors))),
-            detect_min_size=int(_env("DETECT_MIN_SIZE", str(cls.detect_min_size))),
-            detect_fast_side=int(_env("DETECT_FAST_SIDE", str(cls.detect_fast_side))),
-            detect_fast_scale_factor=float(_env("DETECT_FAST_SCALE_FACTOR", str(cls.detect_fast_scale_factor))),
             face_crop_max_side=int(_env("FACE_CROP_MAX_SIDE", str(cls.face_crop_max_side))),
         )
 
 
-def default_model_dir() -> Path:
-    """/opt/model in the image; the repository's layers/model/ when run from a checkout."""
-    baked = Path("/opt/model")
-    if (baked / "manifest.json").exists():
+def _baked_or_checkout(name: str, marker: str) -> Path:
+    """/opt/<name> in the image; the repository's layers/<name>/ when run from a checkout."""
+    baked = Path("/opt") / name
+    if (baked / marker).exists():
         return baked
-    return Path(__file__).resolve().parents[2] / "layers" / "model"
+    return Path(__file__).resolve().parents[2] / "layers" / name
+
+
+def default_model_dir() -> Path:
+    return _baked_or_checkout("model", "manifest.json")
+
+
+def default_detector_dir() -> Path:
+    return _baked_or_checkout("detector", "detector.json")

@@ -1,7 +1,7 @@
 """The detection pipeline: image bytes -> faces with emotions.
 
-Local first (Haar cascade + ResNet9 through OpenCV's DNN module, one batched forward
-pass for every face);
+Local first (YuNet or the Haar cascade, then the ResNet9 through OpenCV's DNN module,
+one batched forward pass for every face);
 Amazon Rekognition only when the configuration says so.  Knows nothing of API
 Gateway or S3."""
 from __future__ import annotations
@@ -13,26 +13,29 @@ import numpy as np
 
 from emotion import rekognition
 from emotion.config import Settings
-from emotion.faces import FaceDetector, crop_face
+from emotion.faces import Detector, crop_face, make_detector
 from emotion.images import DecodedImage, decode, jpeg_or_png_within
 from emotion.model import LoadedModel, load_model, use_available_cpus
 
 log = logging.getLogger(__name__)
 
 
+def detector_for(settings: Settings) -> Detector:
+    """The face detector the settings describe."""
+    s = settings
+    return make_detector(s.detector, s.detector_dir, max_side=s.detect_max_side, max_upscale=s.detect_max_upscale,
+                         min_face=s.detect_min_face, score_threshold=s.detect_score_threshold,
+                         scale_factor=s.detect_scale_factor, min_neighbors=s.detect_min_neighbors)
+
+
 class Pipeline:
-    """Loaded once per container (model, cascade), then called for every image."""
+    """Loaded once per container (model, detector), then called for every image."""
 
     def __init__(self, settings: Settings, model: LoadedModel | None = None):
         self.settings = settings
         use_available_cpus()  # OpenCV's threads: detection and the network
         self.model = model or load_model(settings.model_dir)
-        self.detector = FaceDetector(max_side=settings.detect_max_side,
-                                     scale_factor=settings.detect_scale_factor,
-                                     min_neighbors=settings.detect_min_neighbors,
-                                     min_size=settings.detect_min_size,
-                                     fast_side=settings.detect_fast_side,
-                                     fast_scale_factor=settings.detect_fast_scale_factor)
+        self.detector = detector_for(settings)
 
     @property
     def model_info(self) -> dict:
@@ -67,36 +70,42 @@ class Pipeline:
         return result
 
     def decode(self, data: bytes) -> DecodedImage:
-        """The image, a large JPEG at reduced size: twice the detection resolution is
-        kept, so that every face the detector can find still has at least
-        2 * detect_min_size pixels for the model's 48-pixel crop."""
+        """The image, a large JPEG at reduced size: at least the detector's resolution is
+        kept (its max_side), so it sees what it would in the full picture."""
         s = self.settings
-        return decode(data, s.max_image_bytes, s.max_image_pixels, min_side=2 * s.detect_max_side)
+        return decode(data, s.max_image_bytes, s.max_image_pixels, min_side=self.detector.max_side)
 
     def local_faces(self, image: DecodedImage) -> list[dict]:
-        """The faces the cascade finds, classified in one batch; or the whole picture as
-        the one face when it is a face crop (FaceDetector.face_crop)."""
+        """The faces the detector finds, classified in one batch; or the whole picture as
+        the one face when it is a face crop (Detector.face_crop)."""
+        bgr = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2BGR)
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
-        boxes = self.detector.detect(grey)
-        whole = self.detector.face_crop(grey, boxes, self.settings.face_crop_max_side)
-        boxes = [whole] if whole else boxes
-        if not boxes:
-            return []
+        found = self.detector.detect(bgr, grey)
+        whole = self.detector.face_crop(bgr, grey, found, self.settings.face_crop_max_side)
         size = self.model.manifest["input"]["size"]
-        probs = self.model.predict([crop_face(grey, box, size) for box in boxes])
+        if whole:
+            crops = [crop_face(grey, whole, size)]
+        else:
+            crops = [crop_face(grey, face, size, self.detector.framing) for face in found]
+        if not crops:
+            return []
+        probs = self.model.predict(crops)
         classes = self.model.classes
         faces = []
-        for box, p in zip(boxes, probs):
+        for i, p in enumerate(probs):
             top = int(np.argmax(p))
-            faces.append({
-                "box": box.scaled(1 / image.scale, image.width, image.height).to_dict(),
-                "emotion": classes[top],
-                "confidence": round(float(p[top]), 4),
-                "scores": {c: round(float(s), 4) for c, s in zip(classes, p)},
-                "source": "local",
-            })
             if whole:
-                faces[-1]["whole_image"] = True
+                face = {"box": whole.scaled(1 / image.scale, image.width, image.height).to_dict(),
+                        "whole_image": True}
+            else:
+                found_face = found[i].scaled(1 / image.scale, image.width, image.height)
+                face = {"box": found_face.box.to_dict()}
+                if found_face.landmarks is not None:
+                    face["landmarks"] = found_face.landmarks_dict()
+                    face["detection_score"] = found_face.score
+            face.update({"emotion": classes[top], "confidence": round(float(p[top]), 4),
+                         "scores": {c: round(float(s), 4) for c, s in zip(classes, p)}, "source": "local"})
+            faces.append(face)
         return faces
 
     def _wants_fallback(self, faces: list[dict]) -> bool:

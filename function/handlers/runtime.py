@@ -1,5 +1,5 @@
 """What every handler shares, created once per container at import (the init phase):
-settings, the loaded pipeline (model + cascade), the logger and the metrics."""
+settings, the loaded pipeline (model + face detector), the logger and the metrics."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,7 @@ metrics = Metrics()
 settings = Settings.from_env()
 pipeline = Pipeline(settings)
 logger.info("model loaded", extra={"model_sha256": pipeline.model.sha256,
+                                   "detector": pipeline.detector.name,
                                    "fallback_mode": settings.fallback_mode})
 
 
