@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from training.common import DEFAULT_DATA, PUBLIC_TEST, ROOT, load_split
+from training.common import DEFAULT_DATA, PUBLIC_TEST, ROOT, load_split, set_manifest_key
 from emotion.model import WeightsError, load_model, softmax  # noqa: E402  (path set up by training.common)
 
 BINS = 15
@@ -112,7 +111,7 @@ def threshold_table(probs: np.ndarray, labels: np.ndarray, thresholds=THRESHOLDS
 def draw_reliability(panels: list[tuple[str, np.ndarray, np.ndarray]], title: str = "", subtitle: str = ""):
     """A PIL image with one reliability diagram per (caption, probs, labels): per bin of
     the top confidence, a bar up to the bin's accuracy, the gap to its mean confidence
-    hatched red, the diagonal of perfect calibration, and the faces per bin below."""
+    framed in red (filled where the confidence is above the accuracy), the diagonal of perfect calibration, and the faces per bin below."""
     from PIL import Image, ImageDraw
     from training.evaluate import _font
 
@@ -142,8 +141,11 @@ def draw_reliability(panels: list[tuple[str, np.ndarray, np.ndarray]], title: st
                 continue
             bx0, bx1 = px(i / bins) + 1, px((i + 1) / bins) - 1
             d.rectangle([bx0, py(accuracy[i]), bx1, py(0)], fill=(66, 133, 200), outline=(33, 80, 140))
+            # the gap: filled above an accuracy bar (over-confident), outlined inside one
+            # (under-confident), so the blue bar always ends at the bin's accuracy
             lo, hi = sorted((accuracy[i], confidence[i]))
-            d.rectangle([bx0, py(hi), bx1, py(lo)], fill=(240, 160, 150), outline=(200, 50, 40))
+            fill = (240, 160, 150) if confidence[i] > accuracy[i] else None
+            d.rectangle([bx0, py(hi), bx1, py(lo)], fill=fill, outline=(200, 50, 40), width=2)
             d.text((bx0 + w / 2 - 1, py(0) + 22), str(int(counts[i])), fill=(70, 70, 70), font=f_small,
                    anchor="mt")
         d.line([(px(0), py(0)), (px(1), py(1))], fill=(60, 60, 60), width=2)  # perfect calibration
@@ -198,15 +200,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 def write_calibration(model_dir: Path, calibration: dict, sha256: str) -> dict:
     """Set ``calibration`` in manifest.json, atomically, keeping every other key."""
-    path = Path(model_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
-    if manifest.get("sha256") != sha256:
-        raise WeightsError(f"{path} changed while the temperature was fitted; run again")
-    manifest["calibration"] = calibration
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return manifest
+    return set_manifest_key(model_dir, "calibration", calibration, {"sha256": sha256})
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -184,11 +184,19 @@ def update_manifest(model_dir: Path, images: np.ndarray, labels: np.ndarray, ful
     model_dir = Path(model_dir)
     loaded = loaded or load_network(model_dir)
     new_metrics = shipped_metrics(loaded, images, labels, full=full, data=data)
-    path = model_dir / "manifest.json"
+    return set_manifest_key(model_dir, "metrics", new_metrics,
+                            {"sha256": loaded.sha256, "weights": loaded.manifest["weights"]})
+
+
+def set_manifest_key(model_dir: Path, key: str, value, expected: dict) -> dict:
+    """Set ``key`` in ``model_dir``'s manifest.json, atomically, keeping every other key;
+    refused when the manifest no longer holds ``expected`` (the weights the value was
+    computed for)."""
+    path = Path(model_dir) / "manifest.json"
     manifest = json.loads(path.read_text())
-    if (manifest.get("sha256"), manifest.get("weights")) != (loaded.sha256, loaded.manifest["weights"]):
-        raise WeightsError(f"{path} changed while its metrics were computed; run again")
-    manifest["metrics"] = new_metrics
+    if any(manifest.get(k) != v for k, v in expected.items()):
+        raise WeightsError(f"{path} changed while its {key} was computed; run again")
+    manifest[key] = value
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)
