@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,25 +167,33 @@ class YuNetDetector(Detector):
         self.spec = spec
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
+        # One network for each pass: OpenCV re-shapes a network whenever its input size
+        # changes (about 10 ms at 1280 px), so each pass keeps its own, and photos of
+        # the same size (a phone's, a camera's) reuse the main one as it is.
         try:
-            self.net = cv2.FaceDetectorYN.create("onnx", data, np.zeros(0, np.uint8), (320, 320),
-                                                 score_threshold, nms_threshold, 5000)
+            self._nets = {role: cv2.FaceDetectorYN.create("onnx", data, np.zeros(0, np.uint8), (320, 320),
+                                                          score_threshold, nms_threshold, 5000)
+                          for role in ("main", "coarse", "look")}
         except cv2.error as exc:
             raise DetectorError(f"OpenCV cannot read the face detector {spec['file']}: {exc}") from exc
-        self._size = (320, 320)
+        self._sizes = dict.fromkeys(self._nets, (320, 320))
+        self._lock = threading.Lock()
 
-    def _run(self, bgr: np.ndarray, scale: float, threshold: float) -> list[tuple[np.ndarray, float]]:
-        """YuNet on ``bgr`` scaled by ``scale``: rows (x, y, w, h, 10 landmark
-        coordinates, score) in ``bgr``'s pixels, with their score, at ``threshold`` or more."""
+    def _run(self, bgr: np.ndarray, scale: float, threshold: float, role: str = "main") -> list[tuple[np.ndarray, float]]:
+        """YuNet (the network of pass ``role``) on ``bgr`` scaled by ``scale``: rows (x,
+        y, w, h, 10 landmark coordinates, score) in ``bgr``'s pixels, with their score,
+        at ``threshold`` or more."""
         height, width = bgr.shape[:2]
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         image = bgr if size == (width, height) else cv2.resize(
             bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-        if size != self._size:
-            self.net.setInputSize(size)
-            self._size = size
-        self.net.setScoreThreshold(threshold)
-        _, rows = self.net.detect(image)
+        net = self._nets[role]
+        with self._lock:  # a network runs one image at a time (local.serve has threads)
+            if size != self._sizes[role]:
+                net.setInputSize(size)
+                self._sizes[role] = size
+            net.setScoreThreshold(threshold)
+            _, rows = net.detect(image)
         if rows is None:
             return []
         rows = rows.astype(np.float64)
@@ -196,7 +205,7 @@ class YuNetDetector(Detector):
         rows = self._run(bgr, self.scale_for(width, height), self.score_threshold)
         coarse = COARSE_SIDE / max(width, height)
         if coarse < self.scale_for(width, height) * 0.75:
-            rows += self._run(bgr, coarse, COARSE_SCORE)
+            rows += self._run(bgr, coarse, COARSE_SCORE, "coarse")
         if not rows:
             return []
         keep = cv2.dnn.NMSBoxes([[float(v) for v in r[:4]] for r, _ in rows], [s for _, s in rows],
@@ -216,7 +225,7 @@ class YuNetDetector(Detector):
         border = side // 2
         framed = cv2.copyMakeBorder(small, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
         least = FACE_CROP_MIN_FILL * min(small.shape[:2])
-        return any(row[2] >= least for row, _ in self._run(framed, 1.0, self.score_threshold))
+        return any(row[2] >= least for row, _ in self._run(framed, 1.0, self.score_threshold, "look"))
 
 
 class HaarDetector(Detector):
