@@ -12,7 +12,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-DETECTORS = ("yunet", "haar")
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 # A picture that is itself a face crop (FER2013's are 48x48 crops) is nearly square ...
 FACE_CROP_MAX_ASPECT = 1.3
@@ -32,6 +31,7 @@ COARSE_SCORE = 0.8
 # enlarged (BENCHMARKS.md); the cascade at the photo's own size, 1024 px at most (it
 # is slow, and enlarging does not help it).
 DEFAULT_PASSES = {"yunet": (1280, 1.25), "haar": (1024, 1.0)}
+DETECTORS = tuple(DEFAULT_PASSES)
 
 
 class DetectorError(RuntimeError):
@@ -51,10 +51,7 @@ class Box:
     def scaled(self, factor: float, width: int, height: int) -> "Box":
         """This box in a copy of its image ``factor`` times as large, clipped to that
         copy's ``width`` x ``height``."""
-        x0, y0 = max(0, int(round(self.x * factor))), max(0, int(round(self.y * factor)))
-        x1 = min(width, int(round((self.x + self.width) * factor)))
-        y1 = min(height, int(round((self.y + self.height) * factor)))
-        return Box(x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+        return _clipped(self.x * factor, self.y * factor, self.width * factor, self.height * factor, width, height)
 
 
 @dataclass(frozen=True)
@@ -202,9 +199,10 @@ class YuNetDetector(Detector):
 
     def detect(self, bgr: np.ndarray, grey: np.ndarray | None = None) -> list[Face]:
         height, width = bgr.shape[:2]
-        rows = self._run(bgr, self.scale_for(width, height), self.score_threshold)
+        scale = self.scale_for(width, height)
+        rows = self._run(bgr, scale, self.score_threshold)
         coarse = COARSE_SIDE / max(width, height)
-        if coarse < self.scale_for(width, height) * 0.75:
+        if coarse < scale * 0.75:
             rows += self._run(bgr, coarse, COARSE_SCORE, "coarse")
         if not rows:
             return []
@@ -221,10 +219,7 @@ class YuNetDetector(Detector):
     def _face_filling(self, bgr: np.ndarray, grey: np.ndarray, side: int = 96) -> bool:
         """Whether a face fills the picture: YuNet on the picture at ``side`` pixels,
         with a black border of half that around it (about 2 ms)."""
-        small = _resized(bgr, side / max(bgr.shape[:2]))
-        border = side // 2
-        framed = cv2.copyMakeBorder(small, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
-        least = FACE_CROP_MIN_FILL * min(small.shape[:2])
+        framed, least = _bordered(bgr, side)
         return any(row[2] >= least for row, _ in self._run(framed, 1.0, self.score_threshold, "look"))
 
 
@@ -262,10 +257,8 @@ class HaarDetector(Detector):
         """Whether a face fills the picture: the cascade on the picture at ``side``
         pixels, with a black border of half that around it, for faces at least
         FACE_CROP_MIN_FILL of its shorter side (a few large windows: about 3 ms)."""
-        small = _resized(grey, side / max(grey.shape))
-        border = side // 2
-        framed = cv2.copyMakeBorder(small, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
-        least = int(FACE_CROP_MIN_FILL * min(small.shape))
+        framed, least = _bordered(grey, side)
+        least = int(least)
         return len(self.cascade.detectMultiScale(framed, scaleFactor=1.1, minNeighbors=self.min_neighbors,
                                                  minSize=(least, least))) > 0
 
@@ -289,6 +282,16 @@ def load_detector_file(directory: Path | str) -> tuple[dict, np.ndarray]:
         raise DetectorError(f"the face detector {path} has sha256 {digest}, not {spec['sha256']} "
                             f"as {directory / 'detector.json'} says: refused")
     return spec, np.frombuffer(data, dtype=np.uint8)
+
+
+def _bordered(image: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+    """The face-crop rule's second look: ``image`` at ``side`` pixels with a black border
+    of half that around it, and the smallest face (FACE_CROP_MIN_FILL of the picture's
+    shorter side, in those pixels) that fills it."""
+    small = _resized(image, side / max(image.shape[:2]))
+    border = side // 2
+    framed = cv2.copyMakeBorder(small, border, border, border, border, cv2.BORDER_CONSTANT, value=0)
+    return framed, FACE_CROP_MIN_FILL * min(small.shape[:2])
 
 
 def _resized(image: np.ndarray, scale: float) -> np.ndarray:
