@@ -50,10 +50,9 @@ ROLL = 20.0
 SCALES = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6)
 SHIFTS = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1)
 LEVELS = (False, True)
-# Framing() (scale 1, shift 0, no levelling) takes crop_face's shortcut: the clipped box
-# itself, stretched to 48x48 (YuNet's box is taller than wide).  This one is the square
-# of the box's longer side through the general path, to tell the two apart.
-SQUARE_1 = Framing(1.0 + 1e-9, 0.0, False)
+# Framing() (scale None) is the clipped box itself, stretched to 48x48 (YuNet's box is
+# taller than wide); this one is the square of the box's longer side, reported apart.
+SQUARE_1 = Framing(1.0, 0.0, False)
 WHOLE_SIZES = (48, 96, 200, 320)
 WHOLE_N = 500
 BATCH = 256
@@ -168,17 +167,18 @@ def pasted(images, labels, model, yunet, haar, backs, seed: int, framings: list[
         correct = preds == labels[None, :]
         rows = []
         for k, fr in enumerate(framings):
-            rows.append({"scale": round(fr.scale, 2), "shift": fr.shift, "level_eyes": fr.level_eyes,
+            rows.append({"scale": None if fr.scale is None else round(fr.scale, 2), "shift": fr.shift, "level_eyes": fr.level_eyes,
                          "square_path": fr is SQUARE_1,
                          "accuracy_all": round(float(correct[k].mean()), 4),
                          "accuracy_found": round(float(correct[k][found].mean()), 4) if found.any() else None,
                          "correct": int(correct[k].sum())})
+        # the grid (the baseline, Framing(), and SQUARE_1 are reported apart)
         index = {(round(fr.scale, 2), fr.shift, fr.level_eyes): k for k, fr in enumerate(framings)
-                 if fr is not SQUARE_1}
+                 if fr is not SQUARE_1 and fr.scale is not None}
         base = framings.index(Framing())
         best = max(index.values(), key=lambda k: (correct[k].sum(), -abs(framings[k].scale - 1)))
         by_level = {}
-        for level in sorted({fr.level_eyes for fr in framings if fr is not SQUARE_1}):
+        for level in sorted({key[2] for key in index}):
             k = max((k for key, k in index.items() if key[2] == level), key=lambda k: correct[k].sum())
             by_level[str(level)] = rows[k]
         # Levelling against not, at the same scale and shift (paired over faces).
