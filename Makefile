@@ -26,7 +26,7 @@ INIT ?=
 # the peak learning rate
 LR ?=
 
-.PHONY: setup tools run invoke serve run-s3 test train evaluate events bench eval-faces fer-venv build sam-invoke deploy validate clean
+.PHONY: setup tools run invoke serve run-s3 test train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ train: setup
 
 evaluate: setup
 	$(PY) -m training.evaluate --data $(DATA)
+
+# After training and calibrating: the int8 graph that serves, written only if it passes
+# its gate against the fp32 graph on PublicTest (training/quantize.py).
+quantize: setup
+	$(PY) -m training.quantize --data $(DATA)
 
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)

@@ -22,7 +22,7 @@ def _ms(t0: float) -> float:
 def main() -> None:
     imports = {}
     for label, module in (("numpy", "numpy"), ("PIL", "PIL.Image"), ("cv2", "cv2"),
-                          ("powertools", "aws_lambda_powertools")):
+                          ("onnxruntime", "onnxruntime"), ("powertools", "aws_lambda_powertools")):
         t0 = time.perf_counter()
         importlib.import_module(module)
         imports[label] = _ms(t0)

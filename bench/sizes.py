@@ -82,7 +82,7 @@ def sizes() -> dict:
         "image_mb": round(sum(r["image_mb"] for r in rows), 1),
         "largest_files_mb": {str(Path(p).relative_to(site)): _mb(size) for p, size in files},
         "model_mb": _mb(sum((ROOT / "layers" / "model" / name).stat().st_size
-                            for name in ("manifest.json", manifest["onnx"]["file"]))),
+                            for name in ("manifest.json", manifest["onnx"]["file"], manifest["onnx_int8"]["file"]))),
     }
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 from emotion import rekognition
 from emotion.faces import Box, Face
 from emotion.images import decode
-from emotion.model import CLASSES
+from emotion.config import Settings
+from emotion.model import CLASSES, PRECISIONS, load_model
 from emotion.pipeline import Pipeline
 from handlers import api, runtime
 from local.events import LambdaContext, http_api_event
@@ -45,7 +46,8 @@ def contains(box: dict, point: tuple[int, int]) -> bool:
 
 def assert_answer_schema(body: dict) -> None:
     assert set(body) >= {"emotion", "faces", "source", "image", "model"}
-    assert body["model"] == {"name": "resnet9", "sha256": runtime.pipeline.model.sha256}
+    assert body["model"] == {"name": "resnet9", "sha256": api.pipeline.model.sha256,  # the answering pipeline's
+                             "precision": api.pipeline.model.precision}
     for face in body["faces"]:
         assert set(face) >= {"box", "emotion", "confidence", "scores", "source"}
         assert set(face["box"]) == {"x", "y", "width", "height"}
@@ -60,8 +62,8 @@ def assert_answer_schema(body: dict) -> None:
 @pytest.fixture
 def use_pipeline(monkeypatch):
     """Run the handler with other settings, reusing the loaded model."""
-    def use(**changes) -> Pipeline:
-        pipe = Pipeline(dataclasses.replace(runtime.settings, **changes), model=runtime.pipeline.model)
+    def use(model=None, **changes) -> Pipeline:
+        pipe = Pipeline(dataclasses.replace(runtime.settings, **changes), model=model or runtime.pipeline.model)
         monkeypatch.setattr(api, "pipeline", pipe)
         return pipe
     return use
@@ -121,6 +123,50 @@ def test_group_photo_classifies_every_face_in_one_batch(monkeypatch):
     for centre in centres:
         assert sum(contains(f["box"], centre) for f in body["faces"]) == 1, centre
     assert [f["emotion"] for f in body["faces"]] == ["HAPPY"] * 3
+
+
+# ---- the two precisions (MODEL_PRECISION) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def both_precisions() -> dict:
+    """The shipped model as each graph serves it, loaded the way the handler does."""
+    return {p: load_model(runtime.settings.model_dir, p) for p in PRECISIONS}
+
+
+def test_the_manifest_serves_int8_and_the_handler_runs_it():
+    assert runtime.settings.model_precision == ""  # not set: the manifest's choice
+    assert runtime.pipeline.model.precision == "int8" == runtime.pipeline.model.manifest["serves"]
+
+
+@pytest.mark.parametrize("name, n_faces", [("http-api-jpeg.json", 1), ("http-api-group.json", 3),
+                                           ("http-api-face-crop.json", 1)])
+def test_both_precisions_give_the_same_answers(use_pipeline, both_precisions, name, n_faces):
+    event = json.loads((EVENTS / name).read_text())
+    answers = {}
+    for precision, model in both_precisions.items():
+        use_pipeline(model=model)
+        status, body = invoke(event)
+        assert status == 200 and body["model"]["precision"] == precision, body
+        assert_answer_schema(body)
+        answers[precision] = body
+    int8, fp32 = answers["int8"], answers["fp32"]
+    assert len(int8["faces"]) == len(fp32["faces"]) == n_faces
+    assert int8["emotion"] == fp32["emotion"] == "HAPPY"
+    for a, b in zip(int8["faces"], fp32["faces"]):
+        assert a["box"] == b["box"] and a["emotion"] == b["emotion"]
+        assert max(abs(a["scores"][c] - b["scores"][c]) for c in CLASSES) < 0.05, (a["scores"], b["scores"])
+
+
+def test_model_precision_setting(monkeypatch):
+    monkeypatch.setenv("MODEL_PRECISION", "FP32 ")
+    settings = Settings.from_env()
+    assert settings.model_precision == "fp32"
+    assert Pipeline(settings).model.precision == "fp32"
+    monkeypatch.setenv("MODEL_PRECISION", "")
+    assert Settings.from_env().model_precision == ""
+    monkeypatch.setenv("MODEL_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="MODEL_PRECISION must be one of int8, fp32"):
+        Settings.from_env()
 
 
 @pytest.mark.parametrize("name, status, code", [

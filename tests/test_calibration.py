@@ -1,8 +1,9 @@
 """Confidences that mean what they say: the manifest's temperature (training/calibrate.py),
 applied by the service's ``predict``, and the expected calibration error it buys.
 
-Real and fast: the shipped model as served (the ONNX graph through OpenCV) on a fixed
-sample of real FER2013 PublicTest faces.  PublicTest is where the temperature was
+Real and fast: the shipped model's fp32 ONNX graph as the service runs it (onnxruntime),
+on which the temperature is fitted, on a fixed sample of real FER2013 PublicTest faces
+(the int8 graph is held to the same calibration by tests/test_precision.py).  PublicTest is where the temperature was
 fitted, so these check that the shipped calibration is the one its weights need, not
 how well it carries over to new faces.
 """
@@ -18,10 +19,9 @@ import pytest
 
 from emotion.model import LoadedModel, load_model, softmax
 from training.calibrate import BINS, expected_calibration_error, fit_temperature, nll, threshold_table
-from training.common import DEFAULT_DATA, PUBLIC_TEST, ROOT, fixed_sample, load_split
+from training.common import ROOT, fixed_sample
 
 MODEL_DIR = Path(os.environ.get("MODEL_UNDER_TEST") or ROOT / "layers" / "model")
-DATA = Path(os.environ.get("FER2013_NPZ") or DEFAULT_DATA)
 
 # 1,200 faces: with 15 bins, the ECE of a few hundred faces is inflated by sampling noise
 # (of 40 random 600-face samples, 11 scored 0.05 or more; of 40 of 1,200, none).
@@ -70,18 +70,18 @@ def manifest() -> dict:
 
 @pytest.fixture(scope="module")
 def served() -> LoadedModel:
-    return load_model(MODEL_DIR)
+    return load_model(MODEL_DIR, precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def sample(served) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A fixed sample of PublicTest: its faces, labels and served logits."""
-    if not DATA.exists():
-        pytest.fail(f"FER2013 data not found at {DATA} (expected ../shared/data/fer2013/fer2013_train_val.npz "
-                    "beside the repository, or set FER2013_NPZ)")
-    images, labels = fixed_sample(*load_split(DATA, PUBLIC_TEST), n=SAMPLE_N, seed=SAMPLE_SEED)
-    logits = np.concatenate([served.logits(list(images[i:i + 300])) for i in range(0, len(images), 300)])
-    return images, labels, logits
+def sample(publictest, publictest_logits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fixed sample of PublicTest: its faces, labels and served fp32 logits (the rows
+    of fixed_sample(n=SAMPLE_N, seed=SAMPLE_SEED))."""
+    images, labels = publictest
+    rows = np.sort(np.random.default_rng(SAMPLE_SEED).choice(len(labels), SAMPLE_N, replace=False))
+    sample_images, sample_labels = fixed_sample(images, labels, n=SAMPLE_N, seed=SAMPLE_SEED)
+    assert np.array_equal(sample_images, images[rows]) and np.array_equal(sample_labels, labels[rows])
+    return sample_images, sample_labels, publictest_logits("fp32")[rows]
 
 
 def test_manifest_records_the_calibration(manifest, served):

@@ -182,8 +182,9 @@ def loaded(manifest) -> TorchModel:
 
 @pytest.fixture(scope="module")
 def served(manifest) -> LoadedModel:
-    """The same weights as the Lambda runs them: the ONNX graph through OpenCV."""
-    return load_model(MODEL_DIR)
+    """The same weights in the fp32 ONNX graph, run as the Lambda runs it (onnxruntime).
+    The int8 graph made from it: tests/test_precision.py."""
+    return load_model(MODEL_DIR, precision="fp32")
 
 
 def test_manifest_has_required_keys(manifest):
@@ -234,12 +235,15 @@ def test_the_onnx_graph_holds_exactly_the_shipped_weights(manifest, served):
 
 def test_corrupted_weights_are_refused(manifest, tmp_path):
     shutil.copy(MODEL_DIR / "manifest.json", tmp_path / "manifest.json")
-    for name in (manifest["weights"], manifest["onnx"]["file"]):
+    for name in (manifest["weights"], manifest["onnx"]["file"], manifest["onnx_int8"]["file"]):
         shutil.copy(MODEL_DIR / name, tmp_path / name)
-    load_model(tmp_path)  # the intact copy loads, in both forms
+    load_model(tmp_path, "fp32")  # the intact copy loads, in every form
+    load_model(tmp_path, "int8")
     load_network(tmp_path)
 
-    for name, load in ((manifest["weights"], load_network), (manifest["onnx"]["file"], load_model)):
+    load_fp32, load_int8 = (lambda d: load_model(d, "fp32")), (lambda d: load_model(d, "int8"))
+    for name, load in ((manifest["weights"], load_network), (manifest["onnx"]["file"], load_fp32),
+                       (manifest["onnx_int8"]["file"], load_int8)):
         path = tmp_path / name
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x01  # one bit of one byte, inside a tensor
@@ -248,7 +252,7 @@ def test_corrupted_weights_are_refused(manifest, tmp_path):
             load(tmp_path)
 
     (tmp_path / "manifest.json").unlink()
-    for load in (load_model, load_network):
+    for load in (load_fp32, load_int8, load_network):
         with pytest.raises(WeightsError):
             load(tmp_path)
 

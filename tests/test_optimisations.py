@@ -1,7 +1,7 @@
-"""What makes the service fast (BENCHMARKS.md) must not change its answers: the network as
-served (the ONNX graph through OpenCV's DNN module, BatchNorm folded and Winograd
-convolutions) against eager fp32 torch, batching against one face at a time, and the
-thread count.  (Detection: tests/test_faces.py.)"""
+"""What makes the service fast (BENCHMARKS.md) must not change its answers: the fp32 ONNX
+graph as onnxruntime runs it (BatchNorm folded, its graph optimisations) against eager
+fp32 torch, batching against one face at a time in both precisions, and the thread
+count.  (The int8 graph's gate: tests/test_precision.py; detection: tests/test_faces.py.)"""
 from __future__ import annotations
 
 import os
@@ -27,7 +27,7 @@ def faces48() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def models():
-    return load_network(MODEL_DIR), load_model(MODEL_DIR)
+    return load_network(MODEL_DIR), load_model(MODEL_DIR, precision="fp32")
 
 
 @pytest.mark.parametrize("batch", [1, 3, 200])
@@ -46,14 +46,23 @@ def test_served_network_equals_eager_fp32_within_1e4(models, faces48, batch):
     assert np.array_equal(served.predict(faces[:3]), calibrated)
 
 
-def test_one_batch_equals_one_face_at_a_time(models, faces48):
-    _, served = models
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_one_batch_equals_one_face_at_a_time(faces48, precision):
+    served = load_model(MODEL_DIR, precision=precision)
     batched = served.predict(faces48[:12])
     one_by_one = np.concatenate([served.predict([f]) for f in faces48[:12]])
     assert np.abs(batched - one_by_one).max() < 1e-4
     assert (batched.argmax(1) == one_by_one.argmax(1)).all()
 
 
-def test_threads_follow_the_cpus_the_process_may_use():
+def test_threads_follow_the_cpus_the_process_may_use(monkeypatch):
     n = use_available_cpus()
     assert n == len(os.sched_getaffinity(0)) == cv2.getNumThreads()
+    # the classifier's session: one operator thread per CPU the process may use
+    served = load_model(MODEL_DIR)
+    assert served.session.get_session_options().intra_op_num_threads == n
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # as in a container given one CPU
+    one = load_model(MODEL_DIR)
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    faces = [np.full((48, 48), 128, np.uint8), np.eye(48, dtype=np.uint8) * 255]
+    np.testing.assert_allclose(one.predict(faces), served.predict(faces), atol=1e-5)

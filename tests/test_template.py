@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -520,10 +521,12 @@ def test_dockerfile(template):
     instructions = dockerfile_instructions()
     assert instructions[0] == ("FROM", "public.ecr.aws/lambda/python:3.12")
     runs = " ".join(arg for op, arg in instructions if op == "RUN")
-    assert "-r /tmp/requirements.txt" in runs and "torch" not in runs  # the network runs through OpenCV
+    assert "-r /tmp/requirements.txt" in runs and "torch" not in runs  # the network runs through onnxruntime
     assert not any(op == "ADD" for op, _ in instructions)
     copies = [arg.split() for op, arg in instructions if op == "COPY"]
-    assert ["layers/model/manifest.json", "layers/model/resnet9_fer2013.onnx", "/opt/model/"] in copies
+    manifest = json.loads((ROOT / "layers" / "model" / "manifest.json").read_text())
+    assert ["layers/model/manifest.json", f"layers/model/{manifest['onnx_int8']['file']}",
+            f"layers/model/{manifest['onnx']['file']}", "/opt/model/"] in copies
     assert ["function/emotion/", "${LAMBDA_TASK_ROOT}/emotion/"] in copies
     assert ["function/handlers/", "${LAMBDA_TASK_ROOT}/handlers/"] in copies
     env = " ".join(arg for op, arg in instructions if op == "ENV")
@@ -538,11 +541,13 @@ def test_docker_context(tools_env):
     assert done.returncode == 0, done.stderr
     context = set(json.loads(done.stdout))
     copied = {"function/Dockerfile", "function/requirements.txt", "function/trim_site_packages.py",
-              "layers/model/manifest.json", "layers/model/resnet9_fer2013.onnx"}
+              "layers/model/manifest.json", "layers/model/resnet9_fer2013.onnx",
+              "layers/model/resnet9_fer2013.int8.onnx"}
     for package in ("emotion", "handlers"):
         copied |= {str(p.relative_to(ROOT)) for p in (ROOT / "function" / package).glob("*.py")}
     manifest = json.loads((ROOT / "layers" / "model" / "manifest.json").read_text())
     assert f"layers/model/{manifest['onnx']['file']}" in context
+    assert f"layers/model/{manifest['onnx_int8']['file']}" in context
     assert f"layers/model/{manifest['weights']}" not in context  # training's fp16 state_dict
     assert copied <= context
     for path in context:
@@ -572,15 +577,26 @@ for name in sys.argv[2:]:
     with open(name) as f:
         answer = handlers.api.lambda_handler(json.load(f), LambdaContext())
     answers[name] = {"status": answer["statusCode"], "body": json.loads(answer["body"])}
+answers["onnxruntime"] = sys.modules["onnxruntime"].__file__
 print(json.dumps(answers))
 """
 
 
-def test_the_handlers_run_with_only_what_the_image_installs():
-    """function/Dockerfile installs function/requirements.txt and nothing else (no torch):
-    the handlers must import and answer real requests with every other distribution of
-    this environment (torch, onnx, moto, pytest, ...) unimportable."""
+def test_the_handlers_run_with_only_what_the_image_installs(tmp_path):
+    """function/Dockerfile installs function/requirements.txt and nothing else (no torch),
+    then trims it (function/trim_site_packages.py): the handlers must import and answer
+    real requests with every other distribution of this environment (torch, onnx, moto,
+    pytest, ...) unimportable, and with onnxruntime as trimmed."""
     from importlib.metadata import packages_distributions
+
+    import onnxruntime
+    from trim_site_packages import unneeded, trim
+    site = tmp_path / "site"
+    shutil.copytree(Path(onnxruntime.__file__).parent, site / "onnxruntime")
+    doomed = unneeded(site)
+    assert {p.name for p in doomed} >= {"quantization", "transformers", "tools", f"libonnxruntime.so.{onnxruntime.__version__}"}
+    trim(site)
+    assert not any(p.exists() for p in doomed)
 
     from bench.sizes import image_distributions
     image = image_distributions()
@@ -592,12 +608,13 @@ def test_the_handlers_run_with_only_what_the_image_installs():
     assert {"torch", "onnx", "moto", "pytest"} <= set(blocked) and "cv2" not in blocked
     events = [ROOT / "events" / "http-api-jpeg.json", ROOT / "events" / "http-api-group.json",
               ROOT / "events" / "http-api-prototype-form.json"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "function"), str(ROOT)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT / "function"), str(ROOT)]),
            "FALLBACK_MODE": "off", "AWS_REGION": "ap-northeast-2"}
     done = run([sys.executable, "-c", WITHOUT, ",".join(blocked), *events], env)
     assert done.returncode == 0, done.stderr[-3000:]
     answers = json.loads(done.stdout.strip().splitlines()[-1])
     one, group, prototype = (answers[str(e)] for e in events)
+    assert answers["onnxruntime"] == str(site / "onnxruntime" / "__init__.py")  # the trimmed copy ran
     assert one["status"] == group["status"] == prototype["status"] == 200
     assert len(one["body"]["faces"]) == 1 and len(group["body"]["faces"]) >= 2
     assert prototype["body"]["emotion"] == one["body"]["faces"][0]["emotion"]

@@ -2,8 +2,10 @@
 
     python -m training.calibrate [--model-dir layers/model] [--data ...] [--png docs/reliability.png]
 
-The logits are those the service computes: the ONNX graph through OpenCV
-(``emotion.model.load_model(...).logits``) on all 3,589 PublicTest faces.  One
+The logits are those of the fp32 ONNX graph as the service runs it (onnxruntime,
+``emotion.model.load_model(..., precision="fp32").logits``) on all 3,589 PublicTest
+faces.  The int8 graph shares the temperature: training.quantize's gate holds its
+calibration error to the fp32 graph's, so run it again after calibrating.  One
 temperature T > 0 is fitted to them by minimising the negative log-likelihood of
 ``softmax(logits / T)`` (golden-section search over log T; the NLL is unimodal in T).
 T only rescales the logits, so every prediction (the argmax) and every accuracy figure
@@ -35,8 +37,8 @@ from emotion.model import WeightsError, load_model, softmax  # noqa: E402  (path
 
 BINS = 15
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.30, 0.35, ..., 0.90
-METHOD = ("temperature scaling: softmax(logits / T), T minimising the NLL of the served (ONNX, "
-          "cv2.dnn) logits, golden-section search over log T")
+METHOD = ("temperature scaling: softmax(logits / T), T minimising the NLL of the fp32 ONNX "
+          "graph's logits, golden-section search over log T")
 
 
 # ---- the measures ------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def write_png(path: Path, img) -> None:
 
 def served_logits(model_dir: Path, images: np.ndarray, batch_size: int = 256):
     """The loaded model and the logits the service computes for ``images``."""
-    model = load_model(model_dir)
+    model = load_model(model_dir, precision="fp32")
     chunks = [model.logits(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return model, np.concatenate(chunks)
 

@@ -25,6 +25,8 @@ from emotion.model import (CLASSES, FER2013_IDS, INPUT_SIZE, Described, WeightsE
 WEIGHTS_FILE = "resnet9_fer2013.fp16.pt"
 ONNX_FILE = "resnet9_fer2013.onnx"
 ONNX_OPSET = 17
+# manifest keys that describe graphs made from the weights (training.quantize adds the int8 ones)
+DERIVED_GRAPHS = ("onnx", "onnx_int8", "serves")
 
 
 def conv_block(in_channels: int, out_channels: int, pool: bool = False) -> nn.Sequential:
@@ -181,7 +183,8 @@ def export_weights(model: nn.Module, directory: Path, manifest: dict) -> dict:
         "architecture": "resnet9",
         "classes": list(CLASSES),
         "fer2013_ids": list(FER2013_IDS),
-        **{k: v for k, v in manifest.items() if k != "onnx"},
+        # the graphs are made here from these weights: none of another export's carries over
+        **{k: v for k, v in manifest.items() if k not in DERIVED_GRAPHS},
         "weights": WEIGHTS_FILE,
         "sha256": sha256_bytes(weights),
     }
@@ -196,10 +199,16 @@ def export_weights(model: nn.Module, directory: Path, manifest: dict) -> dict:
 
 def add_onnx(directory: Path) -> dict:
     """(Re)write the ONNX graph of ``directory`` from its fp16 state_dict, and its
-    entry in the manifest; nothing else in the manifest changes."""
+    entry in the manifest; nothing else in the manifest changes, unless the graph's
+    bytes do: then the int8 graph made from the old one is no longer served (run
+    python -m training.quantize again)."""
     model = load_network(directory)  # read once, sha256 checked; fp16 -> fp32 -> fp16 is exact
     state = cast_floats(model.net.state_dict(), torch.float16)
-    manifest = {**model.manifest, "onnx": _write_onnx(state, directory)}
+    entry = _write_onnx(state, directory)
+    manifest = dict(model.manifest)
+    if manifest.get("onnx", {}).get("sha256") != entry["sha256"]:  # the int8 graph was made from another one
+        manifest = {k: v for k, v in manifest.items() if k not in DERIVED_GRAPHS}
+    manifest["onnx"] = entry
     _write_manifest(directory, manifest)
     return manifest
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emotion.faces import DETECTORS
+from emotion.model import PRECISIONS
 
 FALLBACK_MODES = ("no-face", "low-confidence", "off")
 
@@ -17,6 +18,7 @@ def _env(name: str, default: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     model_dir: Path = Path("/opt/model")
+    model_precision: str = ""        # int8 | fp32; empty: the manifest's "serves"
     fallback_mode: str = "no-face"
     confidence_threshold: float = 0.55
     rekognition_region: str = "ap-northeast-2"
@@ -40,11 +42,15 @@ class Settings:
         mode = _env("FALLBACK_MODE", cls.fallback_mode).lower()
         if mode not in FALLBACK_MODES:
             raise ValueError(f"FALLBACK_MODE must be one of {', '.join(FALLBACK_MODES)}, not {mode!r}")
+        precision = os.environ.get("MODEL_PRECISION", "").strip().lower()
+        if precision and precision not in PRECISIONS:
+            raise ValueError(f"MODEL_PRECISION must be one of {', '.join(PRECISIONS)} (or empty), not {precision!r}")
         detector = _env("DETECTOR", cls.detector).lower()
         if detector not in DETECTORS:
             raise ValueError(f"DETECTOR must be one of {', '.join(DETECTORS)}, not {detector!r}")
         return cls(
             model_dir=Path(_env("MODEL_DIR", str(default_model_dir()))),
+            model_precision=precision,
             fallback_mode=mode,
             confidence_threshold=float(_env("CONFIDENCE_THRESHOLD", str(cls.confidence_threshold))),
             rekognition_region=_env("REKOGNITION_REGION", cls.rekognition_region),

@@ -1,24 +1,26 @@
-"""The shipped emotion classifier, run by OpenCV's DNN module: no torch at run time.
+"""The shipped emotion classifier, run by onnxruntime: no torch at run time.
 
 The ResNet9 is trained in torch (training/network.py holds the network's one
-definition) and shipped twice in layers/model/: its fp16 state_dict, which training
-and evaluation read, and the same weights as an ONNX graph, which is what serves.  This
-module loads the ONNX graph with ``cv2.dnn`` (OpenCV is already here for the face
-detector), checks its sha256 against the manifest, and turns 48x48 grey crops into
-class probabilities, calibrated by the manifest's temperature.  Nothing here knows
-about Lambda, API Gateway or S3.
+definition) and shipped in layers/model/ as its fp16 state_dict, which training and
+evaluation read, the same weights as an fp32 ONNX graph, and that graph quantised to
+int8 (training/quantize.py, held to an accuracy and calibration gate).  The manifest's
+``serves`` says which graph serves; ``load_model(..., precision=)`` can choose.  This
+module checks the graph's sha256 against the manifest, runs it with onnxruntime on
+the CPUs the process may use, and turns 48x48 grey crops into class probabilities,
+calibrated by the manifest's temperature.  Nothing here knows about Lambda, API
+Gateway or S3.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 
 # FER2013's own class ids: 0 Angry, 1 Disgust, 2 Fear, 3 Happy, 4 Sad, 5 Surprise, 6 Neutral.
 # Our logits are in the same order; these are the names the service returns.
@@ -72,21 +74,25 @@ class Described:
         return float(self.manifest.get("calibration", {}).get("temperature", 1.0))
 
 
+PRECISIONS = ("int8", "fp32")
+# the manifest's entry of each graph: "onnx" is the fp32 graph the weights were exported
+# to, "onnx_int8" its quantised copy (training/quantize.py), present once it passed the gate
+GRAPH_ENTRIES = {"fp32": "onnx", "int8": "onnx_int8"}
+
+
 @dataclass
 class LoadedModel(Described):
     """The network, ready to run, plus what its manifest says about it."""
 
-    net: cv2.dnn.Net
+    session: ort.InferenceSession
     manifest: dict
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    precision: str = "fp32"
 
     def logits(self, faces: list[np.ndarray]) -> np.ndarray:
         """Logits, shape (len(faces), 7), of 48x48 grey uint8 crops, in one forward pass
-        (not divided by the temperature)."""
+        (not divided by the temperature).  A session may run from several threads at once."""
         x = normalise(np.stack(faces), self.manifest["input"])
-        with self._lock:  # a cv2.dnn.Net runs one forward pass at a time
-            self.net.setInput(x)
-            return self.net.forward().astype(np.float32)
+        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0].astype(np.float32)
 
     def predict(self, faces: list[np.ndarray]) -> np.ndarray:
         """Calibrated class probabilities, shape (len(faces), 7), for 48x48 grey uint8
@@ -105,11 +111,26 @@ def available_cpus() -> int:
 
 
 def use_available_cpus() -> int:
-    """Make OpenCV (detection and the network) use one thread per available CPU, and
-    return that number."""
+    """Make OpenCV (decoding help, the face detector) use one thread per available CPU,
+    and return that number.  The classifier's threads are its session's (load_model)."""
     n = available_cpus()
     cv2.setNumThreads(n)
     return n
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    """How the classifier's session runs (measured in bench/warm.py; BENCHMARKS.md):
+    ``threads`` for the operators, one graph node at a time (the ResNet9 is a chain),
+    every graph optimisation, and no spin-waiting: between two forward passes the
+    threads sleep and leave the CPUs to OpenCV's detector."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only: no optimiser notices in the function's log
+    return options
 
 
 def read_manifest(directory: Path | str) -> dict:
@@ -123,28 +144,40 @@ def read_manifest(directory: Path | str) -> dict:
     return manifest
 
 
-def load_model(directory: Path | str) -> LoadedModel:
-    """Load the ONNX graph of ``directory`` (manifest.json's ``onnx``), refusing a file
-    whose sha256 differs from the manifest's, and run it once on a blank face: OpenCV
-    prepares the network (BatchNorm folded into the convolutions, Winograd transforms
-    of their weights) on its first forward pass, which belongs to the cold start, not
-    to the first request."""
+def served_precision(manifest: dict, precision: str | None = None) -> str:
+    """The precision that serves: ``precision`` when given, else the manifest's
+    ``serves``, else fp32 (a manifest written before quantisation)."""
+    chosen = (precision or manifest.get("serves") or "fp32").lower()
+    if chosen not in PRECISIONS:
+        raise WeightsError(f"model precision must be one of {', '.join(PRECISIONS)}, not {chosen!r}")
+    if GRAPH_ENTRIES[chosen] not in manifest:
+        raise WeightsError(f"the manifest has no {chosen} graph ({GRAPH_ENTRIES[chosen]!r}); "
+                           + ("make it with python -m training.quantize" if chosen == "int8" else "export the weights"))
+    return chosen
+
+
+def load_model(directory: Path | str, precision: str | None = None, threads: int | None = None) -> LoadedModel:
+    """Load the ONNX graph of ``directory`` in ``precision`` (int8 or fp32; None: what
+    the manifest serves), refusing a file whose sha256 differs from the manifest's, and
+    run it once on a blank face, so that the session's first-run work (memory plans,
+    prepacked weights) belongs to the cold start, not to the first request.
+    ``threads``: the operators' threads (None: one per available CPU)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    chosen = served_precision(manifest, precision)
     try:
-        spec = manifest["onnx"]
+        spec = manifest[GRAPH_ENTRIES[chosen]]
         data = (directory / spec["file"]).read_bytes()
     except (OSError, KeyError, TypeError) as exc:
-        raise WeightsError(f"cannot read the ONNX model in {directory}: {exc}") from exc
+        raise WeightsError(f"cannot read the {chosen} ONNX model in {directory}: {exc}") from exc
     if sha256_bytes(data) != spec.get("sha256"):
         raise WeightsError(f"{spec['file']}: sha256 does not match {directory / 'manifest.json'}")
     try:
-        net = cv2.dnn.readNetFromONNX(np.frombuffer(data, dtype=np.uint8))
-    except cv2.error as exc:
-        raise WeightsError(f"OpenCV cannot read {spec['file']}: {exc}") from exc
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-    model = LoadedModel(net=net, manifest=manifest)
+        session = ort.InferenceSession(data, session_options(threads or available_cpus()),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception classes, not exported as one base
+        raise WeightsError(f"onnxruntime cannot load {spec['file']}: {exc}") from exc
+    model = LoadedModel(session=session, manifest=manifest, precision=chosen)
     size = manifest["input"]["size"]
     model.predict([np.zeros((size, size), dtype=np.uint8)])
     return model

@@ -1,7 +1,7 @@
 """The detection pipeline: image bytes -> faces with emotions.
 
-Local first (YuNet or the Haar cascade, then the ResNet9 through OpenCV's DNN module,
-one batched forward pass for every face);
+Local first (YuNet or the Haar cascade through OpenCV, then the ResNet9 through
+onnxruntime, one batched forward pass for every face);
 Amazon Rekognition only when the configuration says so.  Knows nothing of API
 Gateway or S3."""
 from __future__ import annotations
@@ -33,13 +33,14 @@ class Pipeline:
 
     def __init__(self, settings: Settings, model: LoadedModel | None = None):
         self.settings = settings
-        use_available_cpus()  # OpenCV's threads: detection and the network
-        self.model = model or load_model(settings.model_dir)
+        use_available_cpus()  # OpenCV's threads (detection); the classifier sets its own
+        self.model = model or load_model(settings.model_dir, settings.model_precision or None)
         self.detector = detector_for(settings)
 
     @property
     def model_info(self) -> dict:
-        return {"name": self.model.manifest["architecture"], "sha256": self.model.sha256}
+        return {"name": self.model.manifest["architecture"], "sha256": self.model.sha256,
+                "precision": self.model.precision}
 
     def analyse(self, data: bytes) -> dict:
         """The answer for one image.  Raises emotion.errors.InputError for bad input;
