@@ -67,11 +67,8 @@ def machine() -> dict:
     import cv2
     import onnxruntime
     import torch
-    flags = next((set(line.split(":", 1)[1].split()) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), set()) if Path("/proc/cpuinfo").exists() else set()
     return {"cpu": model, "cpus_usable": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "opencv": cv2.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "simd": [f for f in ("sse4_1", "avx", "fma", "avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags],
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}
 
 
@@ -172,7 +169,7 @@ def targets(r: dict) -> list[tuple[str, str, str, bool]]:
 def report(r: dict) -> str:
     m, w, c, s = r["machine"], r["warm"], r["cold_start"], r["sizes"]
     names = list(w["end_to_end"])
-    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cpus_usable']} CPUs usable; SIMD: {', '.join(m.get('simd', []))}), "
+    lines = [f"Measured {m['date']} on {m['cpu']} ({m['cpus_usable']} CPUs usable), "
              f"Python {m['python']}, OpenCV {m['opencv']} and onnxruntime {m.get('onnxruntime', '-')} (the runtime; "
              f"torch {m['torch']} only for the comparisons); the classifier's graph {w.get('precision', 'fp32')}; "
              f"threads: OpenCV {w['threads']['cv2']}, onnxruntime {w['threads'].get('onnxruntime', '-')} "

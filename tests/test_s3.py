@@ -63,7 +63,7 @@ NO_FACE = jpeg("coffee.jpg", (0, 0, 300, 200), (96, 64))
 
 
 def context() -> SimpleNamespace:
-    return SimpleNamespace(function_name="EmotionS3Function", memory_limit_in_mb=2048,
+    return SimpleNamespace(function_name="EmotionS3Function", memory_limit_in_mb=1769,
                            invoked_function_arn="arn:aws:lambda:ap-northeast-2:123456789012:function:EmotionS3Function",
                            aws_request_id="c6af9ac6-7b61-11e6-9a41-93e8deadbeef")
 

@@ -7,8 +7,9 @@
 The fp16 weights are loaded through ``training.network.load_network`` (sha256 checked
 against the manifest) and normalised by ``emotion.model.normalise``, i.e. by the
 manifest's ``input``, exactly as the service does.  The service runs the same weights as
-the ONNX graph beside them, through OpenCV; tests/test_optimisations.py checks that the
-two agree within 1e-4 on real faces.  The npz needs ``images`` (N,48,48) uint8 and ``labels`` (N,)
+the ONNX graphs beside them, through onnxruntime; tests/test_optimisations.py checks that
+the fp32 graph agrees with them within 1e-4 on real faces (the int8 graph is held to its
+gate against the fp32 one: tests/test_precision.py).  The npz needs ``images`` (N,48,48) uint8 and ``labels`` (N,)
 FER2013 ids; without a ``usage`` array every row is used.
 
 Printed (JSON): accuracy, macro-F1, per-class precision and recall and the confusion

@@ -84,7 +84,7 @@ class LambdaContext:
     function_name = "EmotionFunction"
     function_version = "$LATEST"
     invoked_function_arn = "arn:aws:lambda:ap-northeast-2:123456789012:function:EmotionFunction"
-    memory_limit_in_mb = 2048
+    memory_limit_in_mb = 1769
     log_group_name = "/aws/lambda/EmotionFunction"
     log_stream_name = "local"
 

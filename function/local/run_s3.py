@@ -80,7 +80,7 @@ def invoke(image: Path, template: dict) -> int:
     rec["s3"]["object"].update(key=quote_plus(key, safe="/"), size=len(data), eTag=put["ETag"].strip('"'))
     print(f"uploaded {image.name} to s3://{bucket}/{key} ({client.meta.endpoint_url})", file=sys.stderr)
 
-    context = SimpleNamespace(function_name="EmotionS3Function", memory_limit_in_mb=2048,
+    context = SimpleNamespace(function_name="EmotionS3Function", memory_limit_in_mb=1769,
                               invoked_function_arn=f"arn:aws:lambda:{region}:123456789012:function:EmotionS3Function",
                               aws_request_id=str(uuid.uuid4()))
     summary = handler.lambda_handler(event, context)

@@ -91,7 +91,7 @@ class RuntimeAPI:
         """`python -m awslambdaric <handler>` against this API, as Lambda's bootstrap runs it."""
         environ = {**os.environ, **(env or {}), "AWS_LAMBDA_RUNTIME_API": self.address,
                    "LAMBDA_TASK_ROOT": str(FUNCTION_DIR), "_HANDLER": handler,
-                   "AWS_LAMBDA_FUNCTION_NAME": "EmotionFunction", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+                   "AWS_LAMBDA_FUNCTION_NAME": "EmotionFunction", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1769",
                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EC2_METADATA_DISABLED": "true"}
         environ["PYTHONPATH"] = os.pathsep.join([str(FUNCTION_DIR), environ.get("PYTHONPATH", "")])
         return subprocess.Popen([sys.executable, "-m", "awslambdaric", handler], env=environ, cwd=FUNCTION_DIR)
