@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -136,6 +137,9 @@ def both_precisions() -> dict:
 def test_the_manifest_serves_int8_and_the_handler_runs_it():
     assert runtime.settings.model_precision == ""  # not set: the manifest's choice
     assert runtime.pipeline.model.precision == "int8" == runtime.pipeline.model.manifest["serves"]
+    # its threads: one per CPU this process may use (not the host's count)
+    threads = runtime.pipeline.model.session.get_session_options().intra_op_num_threads
+    assert threads == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.parametrize("name, n_faces", [("http-api-jpeg.json", 1), ("http-api-group.json", 3),
