@@ -256,6 +256,10 @@ def floor_section(f: dict) -> list[str]:
     int8_floor = f["onnxruntime_matmulinteger_u8s8_gops"]
     lines.append(f"| int8 graph (onnxruntime) | {p['int8']['ms_per_face_batch10']:.2f} | {p['int8']['gops']:.0f} | "
                  f"{int8_floor:.0f} (2048x2048 uint8 x int8 MatMulInteger, onnxruntime) | {p['int8']['gops'] / int8_floor:.2f} |")
+    if "torch_int_mm_s8s8_gops" in f:
+        other = f["torch_int_mm_s8s8_gops"]
+        lines.append(f"| int8 graph, second measure of the floor | | | {other:.0f} (2048x2048 int8 x int8, oneDNN through "
+                     f"`torch._int_mm`) | {p['int8']['gops'] / other:.2f} |")
     fp32_floor = f["onnxruntime_matmul_fp32_gops"]
     lines.append(f"| fp32 graph (onnxruntime) | {p['fp32']['ms_per_face_batch10']:.2f} | {p['fp32']['gops']:.0f} | "
                  f"{fp32_floor:.0f} (2048x2048 fp32 MatMul, onnxruntime) | {p['fp32']['gops'] / fp32_floor:.2f} |")

@@ -229,8 +229,9 @@ def network_floor(reps: int) -> dict:
     beside two floors measured on the same threads: a 2048x2048 fp32 matrix product by
     onnxruntime's own kernels (MatMul) and by numpy's OpenBLAS (in a child process with
     OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, which this machine sets and which slow
-    a current OpenBLAS), and the same product in uint8 x int8 by onnxruntime
-    (MatMulInteger, the int8 graph's kind of kernel)."""
+    a current OpenBLAS), and the same product in 8-bit integers by onnxruntime
+    (MatMulInteger, uint8 x int8: the int8 graph's kind of kernel) and by oneDNN
+    through torch (``torch._int_mm``, int8 x int8)."""
     import subprocess
 
     import onnxruntime as ort
@@ -276,6 +277,11 @@ def network_floor(reps: int) -> dict:
 
     out["onnxruntime_matmul_fp32_gops"] = round(matmul_gops("fp32"), 1)
     out["onnxruntime_matmulinteger_u8s8_gops"] = round(matmul_gops("int8"), 1)
+    # a second engine's int8 product (oneDNN, through torch), on the same threads
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    a8, b8 = (torch.randint(-127, 127, (size, size), dtype=torch.int8, generator=generator) for _ in range(2))
+    out["torch_int_mm_s8s8_gops"] = round(2 * size ** 3 / median(lambda: torch._int_mm(a8, b8), max(5, reps // 4)) / 1e6, 1)
     code = ("import json, time, numpy as np, threadpoolctl\n"
             "a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32); b = a.T.copy()\n"
             "ts = []\n"
