@@ -3,6 +3,9 @@
     python -m training.train                        # from scratch: the defaults are the shipped weights' recipe
     python -m training.train --resume               # go on from the last checkpoint
     python -m training.train --epochs 6 --init DIR  # a new schedule from shipped weights
+    python -m training.train --init layers/model --soft-labels ../shared/data/fer2013/ferplus_votes_train_val.npz \
+        --lr 2e-4 --epochs 6 --keep-epochs 3       # FER+ soft labels, warm start; then SWA:
+    python -m training.average CHECKPOINT_DIR/epoch-00[456].pt --out DIR
 
 --init starts from the weights of a model directory (manifest.json + weights, as in
 layers/model/) and keeps its input normalisation; the new manifest records the sha256
@@ -61,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "layers" / "model", help="where the best weights go")
     p.add_argument("--no-export", action="store_true", help="never write --out")
     p.add_argument("--limit", type=int, default=0, help="use only the first N training and N validation rows")
+    p.add_argument("--soft-labels", type=Path, metavar="VOTES_NPZ",
+                   help="train on FER+ soft labels from this votes file (training/ferplus.py)")
+    p.add_argument("--soft-weight", type=float, default=0.5,
+                   help="weight of the FER+ votes in the target; the rest is FER2013's one-hot label")
+    p.add_argument("--keep-epochs", type=int, default=0, metavar="K",
+                   help="keep the weights of the last K epochs (epoch-NNN.pt in --checkpoint-dir) for "
+                        "python -m training.average (stochastic weight averaging)")
     return p.parse_args(argv)
 
 
@@ -95,14 +105,20 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
     return x
 
 
-def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool) -> tuple[float, float]:
-    """One optimisation step; returns (loss, accuracy) on the batch."""
+def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
+               target: torch.Tensor | None = None) -> tuple[float, float]:
+    """One optimisation step; returns (loss, accuracy against ``y``) on the batch.
+    ``target``: soft targets (N, 7) that sum to 1 (FER+ votes), which replace ``y`` and
+    label smoothing in the loss (cross-entropy against a distribution)."""
     model.train()
     device = next(model.parameters()).device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(x.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        if target is None:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        else:
+            loss = -(target.to(device) * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -136,6 +152,12 @@ def main(argv=None) -> int:
         mean, std = init.manifest["input"]["mean"], init.manifest["input"]["std"]
     train_t = to_tensor(train_x, mean, std)
     labels_t = torch.from_numpy(train_y)
+    targets_t = None
+    if args.soft_labels:
+        from training.ferplus import load_split_index, load_votes, soft_targets
+        index = load_split_index(args.data, TRAINING)[:len(train_y)]
+        targets_t = torch.from_numpy(soft_targets(load_votes(args.soft_labels, index), train_y, index,
+                                                  args.soft_weight))
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
     torch.manual_seed(args.seed)
@@ -148,9 +170,12 @@ def main(argv=None) -> int:
     last = ckpt_dir / "last.pt"
     if args.resume and last.exists():
         ckpt = torch.load(last, map_location=args.device, weights_only=False)
-        if ckpt["args"]["epochs"] != args.epochs or ckpt["args"]["batch_size"] != args.batch_size:
-            sys.exit(f"{last} was made with --epochs {ckpt['args']['epochs']} --batch-size "
-                     f"{ckpt['args']['batch_size']}; resume with the same values")
+        same = ("epochs", "batch_size", "lr", "seed", "soft_weight")
+        if any(ckpt["args"].get(k, getattr(args, k)) != getattr(args, k) for k in same) \
+                or ckpt["args"].get("soft_labels") != (str(args.soft_labels) if args.soft_labels else None):
+            sys.exit(f"{last} was made with other settings ("
+                     + ", ".join(f"--{k.replace('_', '-')} {ckpt['args'].get(k)}" for k in (*same, "soft_labels"))
+                     + "); resume with the same values")
         model.load_state_dict(ckpt["model"])  # onto the model's device
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -188,7 +213,8 @@ def main(argv=None) -> int:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
             torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
             x = augment(train_t[idx], gen, args.erasing)
-            loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16)
+            loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16,
+                                   None if targets_t is None else targets_t[idx])
             scheduler.step()
             sums[0] += loss * len(idx)
             sums[1] += acc * len(idx)
@@ -215,6 +241,8 @@ def main(argv=None) -> int:
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0])
+        if epoch + 1 > args.epochs - args.keep_epochs:  # for stochastic weight averaging
+            torch.save(model.state_dict(), ckpt_dir / f"epoch-{epoch + 1:03d}.pt")
         if result["flip"]["accuracy"] > state["best"]:
             state["best"] = result["flip"]["accuracy"]
             torch.save(model.state_dict(), ckpt_dir / "best.pt")
@@ -227,6 +255,10 @@ def main(argv=None) -> int:
                     "training": {"command": command, "epochs": args.epochs, "best_epoch": epoch + 1,
                                  "selected_by": {"accuracy_flip_fp32": result["flip"]["accuracy"]},
                                  "git_commit": commit, "data": args.data.name, "data_sha256": data_sha,
+                                 **({"soft_labels": {"votes": args.soft_labels.name,
+                                                     "votes_sha256": sha256_file(args.soft_labels),
+                                                     "weight": args.soft_weight,
+                                                     "recipe": "training/ferplus.py"}} if args.soft_labels else {}),
                                  **({"init": {"sha256": init.sha256, "training": init.manifest.get("training")}}
                                     if init else {}),
                                  "seconds": round(state["seconds"]), "torch": torch.__version__,

@@ -1,0 +1,151 @@
+"""Training's CPU path (issue 20): FER+ soft labels from the real votes, a training step on
+them, and a run that is stopped and resumed continuing the same schedule.
+
+Real: the FER2013 rows and FER+ votes in ../shared, the real network and training loop
+(on a few rows, so that it runs in seconds)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import train as train_module
+from training.common import DEFAULT_DATA, TRAINING, fixed_sample, load_split, to_tensor
+from training.ferplus import (DEFAULT_VOTES, FER2013_FROM_FERPLUS, FERPLUS_COLUMNS, load_split_index, load_votes,
+                              soft_targets)
+from training.network import ResNet
+from emotion.model import CLASSES
+
+
+@pytest.fixture(scope="module")
+def training_rows():
+    for path in (DEFAULT_DATA, DEFAULT_VOTES):
+        if not path.exists():
+            pytest.fail(f"{path} not found (../shared/data/fer2013 beside the repository)")
+    images, labels = load_split(DEFAULT_DATA, TRAINING)
+    index = load_split_index(DEFAULT_DATA, TRAINING)
+    return images, labels, index, load_votes(DEFAULT_VOTES, index)
+
+
+def test_the_columns_map_to_our_classes():
+    mapped = [FERPLUS_COLUMNS[c] for c in FER2013_FROM_FERPLUS]
+    assert mapped == ["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"]
+    assert [c.lower() for c in CLASSES] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def test_soft_targets_sum_to_one_and_follow_the_votes(training_rows):
+    _, labels, index, votes = training_rows
+    assert votes.shape == (len(labels), 10) == (28709, 10)
+    targets = soft_targets(votes, labels, index, weight=1.0)  # the crowd alone
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    assert (targets >= 0).all()
+    # where the crowd voted for our emotions, the target is their share of those votes
+    row = int(np.flatnonzero((votes[:, 7:].sum(axis=1) == 0) & (votes[:, :7].max(axis=1) < votes[:, :7].sum(axis=1)))[0])
+    emotions = votes[row, list(FER2013_FROM_FERPLUS)].astype(np.float32)
+    np.testing.assert_allclose(targets[row], emotions / emotions.sum(), atol=1e-6)
+    # contempt, unknown and not-a-face votes are dropped, not counted
+    mixed = int(np.flatnonzero((votes[:, 7:9].sum(axis=1) > 0) & (votes[:, :7].sum(axis=1) > 0))[0])
+    emotions = votes[mixed, list(FER2013_FROM_FERPLUS)].astype(np.float32)
+    np.testing.assert_allclose(targets[mixed], emotions / emotions.sum(), atol=1e-6)
+    # rows with no emotion vote left (all not-a-face) keep FER2013's label
+    no_vote = np.flatnonzero(votes[:, :7].sum(axis=1) == 0)
+    assert len(no_vote) >= 100
+    assert (targets[no_vote].argmax(1) == labels[no_vote]).all() and (targets[no_vote].max(1) == 1).all()
+    # the mapping is right: the crowd's majority is FER2013's label on most rows (a
+    # shuffled mapping would agree on few)
+    agree = (targets.argmax(1) == labels).mean()
+    assert agree > 0.6, agree
+
+
+def test_the_mix_keeps_fer2013s_label(training_rows):
+    _, labels, index, votes = training_rows
+    half = soft_targets(votes, labels, index, weight=0.5)
+    crowd = soft_targets(votes, labels, index, weight=1.0)
+    onehot = np.eye(7, dtype=np.float32)[labels]
+    np.testing.assert_allclose(half, 0.5 * crowd + 0.5 * onehot, atol=1e-6)
+    np.testing.assert_allclose(half.sum(axis=1), 1.0, atol=1e-6)
+    assert (half[np.arange(len(labels)), labels] >= 0.5).all()
+    # the row whose votes describe another image keeps its own label only
+    [row] = np.flatnonzero(index == 5274)
+    assert half[row].argmax() == labels[row] and half[row].max() == 1.0
+    with pytest.raises(ValueError):
+        soft_targets(votes, labels, index, weight=1.5)
+
+
+def test_a_step_on_soft_targets_lowers_their_loss(training_rows):
+    images, labels, index, votes = training_rows
+    rows = np.sort(np.random.default_rng(3).choice(len(labels), 16, replace=False))
+    x = to_tensor(images[rows], images.mean() / 255.0, images.std() / 255.0)
+    y = torch.from_numpy(labels[rows])
+    target = torch.from_numpy(soft_targets(votes[rows], labels[rows], index[rows]))
+    torch.manual_seed(0)
+    model = ResNet().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
+
+    def soft_loss() -> float:  # batch statistics as in training, no dropout
+        model.train()
+        for layer in (model.drop1, model.drop2, model.drop3):
+            layer.eval()
+        with torch.no_grad():
+            return float(-(target * torch.log_softmax(model(x.contiguous(memory_format=torch.channels_last)), 1))
+                         .sum(1).mean())
+
+    before = soft_loss()
+    for _ in range(4):
+        loss, _ = train_module.train_step(model, optimizer, x, y, 0.1, bf16=False, target=target)
+        assert np.isfinite(loss)
+    assert soft_loss() < before - 0.1, (before, soft_loss())
+
+
+class Stop(Exception):
+    pass
+
+
+def run(tmp: Path, *extra: str) -> list[str]:
+    args = ["--limit", "40", "--batch-size", "16", "--epochs", "2", "--save-every", "1", "--no-export",
+            "--no-bf16", "--threads", "2", "--seed", "3", "--lr", "1e-3", "--checkpoint-dir", str(tmp),
+            "--soft-labels", str(DEFAULT_VOTES), "--keep-epochs", "2", *extra]
+    return args
+
+
+def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
+    """Stopped after its fourth step (the second epoch's first), a run resumed from its
+    checkpoint sees the same batches with the same augmentation, at the same learning
+    rates, and ends with the same weights as a run that was never stopped."""
+    seen = {"whole": [], "stopped": []}
+    original = train_module.train_step
+
+    def recording(key, stop_after=None):
+        def step(model, optimizer, x, y, *rest, **kw):
+            if stop_after is not None and len(seen[key]) == stop_after:
+                raise Stop
+            seen[key].append((float(x.sum()), y.tolist(), optimizer.param_groups[0]["lr"]))
+            return original(model, optimizer, x, y, *rest, **kw)
+        return step
+
+    monkeypatch.setattr(train_module, "train_step", recording("whole"))
+    assert train_module.main(run(tmp_path / "whole")) == 0
+    monkeypatch.setattr(train_module, "train_step", recording("stopped", stop_after=4))
+    with pytest.raises(Stop):
+        train_module.main(run(tmp_path / "stopped"))
+    monkeypatch.setattr(train_module, "train_step", recording("stopped"))
+    assert train_module.main(run(tmp_path / "stopped", "--resume")) == 0
+
+    assert len(seen["whole"]) == 6  # 3 steps of 16, 16 and 8 rows, two epochs
+    assert seen["stopped"] == seen["whole"]  # data order, augmentation, learning rate
+    whole = torch.load(tmp_path / "whole" / "last.pt", weights_only=False)
+    stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)
+    assert whole["state"]["epoch"] == stopped["state"]["epoch"] == 2
+    assert whole["scheduler"]["last_epoch"] == stopped["scheduler"]["last_epoch"] == 6
+    for key, value in whole["model"].items():
+        assert torch.allclose(value.float(), stopped["model"][key].float(), atol=1e-6), key
+    # the per-epoch log and the weights kept for averaging
+    log = [json.loads(line) for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "stopped").glob("epoch-*.pt")) == ["epoch-001.pt", "epoch-002.pt"]
+    # another schedule cannot resume this checkpoint
+    with pytest.raises(SystemExit, match="other settings"):
+        train_module.main(run(tmp_path / "stopped", "--resume", "--soft-weight", "0.7"))
