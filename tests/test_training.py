@@ -149,3 +149,24 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
     # another schedule cannot resume this checkpoint
     with pytest.raises(SystemExit, match="other settings"):
         train_module.main(run(tmp_path / "stopped", "--resume", "--soft-weight", "0.7"))
+
+
+def test_ferplus_majority_labels(training_rows):
+    from training.ferplus import majority_accuracy, majority_labels
+    votes = np.zeros((5, 10), np.uint8)
+    votes[0, [1, 2]] = (6, 4)      # happiness leads
+    votes[1, [7, 0]] = (6, 4)      # contempt leads: none of our classes
+    votes[2, [3, 4]] = (5, 5)      # a tie
+    votes[3, 9] = 10               # not a face
+    votes[4, [6, 8]] = (7, 3)      # fear leads
+    index = np.array([1, 2, 3, 4, 5274])  # the last one's votes belong to another image
+    assert majority_labels(votes, index).tolist() == [CLASSES.index("HAPPY"), -1, -1, -1, -1]
+    index[4] = 6
+    assert majority_labels(votes, index)[4] == CLASSES.index("FEAR")
+    assert majority_accuracy(np.array([3, 0, 0, 0, 2]), majority_labels(votes, index)) == {"n": 2, "accuracy": 1.0}
+    # on the real Training rows: most have a majority, and it is mostly FER2013's label
+    _, labels, index, real = training_rows
+    majority = majority_labels(real, index)
+    kept = majority >= 0
+    assert 0.8 < kept.mean() < 1.0, kept.mean()
+    assert (majority[kept] == labels[kept]).mean() > 0.6

@@ -119,10 +119,12 @@ def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, mea
              std: float | None = None, preprocess: Callable[[np.ndarray], torch.Tensor] | None = None,
              batch_size: int = 256) -> dict:
     """Metrics without and with horizontal-flip test-time averaging (two forward passes
-    per image; the plain probabilities serve both)."""
+    per image; the plain probabilities serve both), and the predicted classes of both
+    (``predicted``)."""
     plain, mirrored = _probs(model, images, mean, std, True, batch_size, preprocess)
-    flipped = _cat([(p + q) / 2 for p, q in zip(plain, mirrored)])
-    return {"plain": metrics(labels, _cat(plain).argmax(1)), "flip": metrics(labels, flipped.argmax(1))}
+    predicted = {"plain": _cat(plain).argmax(1), "flip": _cat([(p + q) / 2 for p, q in zip(plain, mirrored)]).argmax(1)}
+    return {"plain": metrics(labels, predicted["plain"]), "flip": metrics(labels, predicted["flip"]),
+            "predicted": predicted}
 
 
 def evaluate_loaded(loaded: TorchModel, images: np.ndarray, labels: np.ndarray) -> dict:

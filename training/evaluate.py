@@ -53,6 +53,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--update-manifest", action="store_true",
                    help="recompute the manifest's metrics (all of PublicTest + the fixed sample) and rewrite it")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--ferplus", type=Path, default=None, metavar="VOTES_NPZ",
+                   help="also report accuracy against FER+'s majority labels (default: the votes beside --data, "
+                        "when they are there)")
     return p.parse_args(argv)
 
 
@@ -184,6 +187,16 @@ def main(argv=None) -> int:
     report = {"model_dir": str(args.model_dir), "weights": loaded.manifest["weights"], "sha256": loaded.sha256,
               "input": loaded.manifest["input"], "data": str(args.data), "split": split, "n": int(len(labels)),
               "classes": list(CLASSES), "plain": result["plain"], "flip": result["flip"]}
+    votes_path = args.ferplus or args.data.with_name("ferplus_votes_train_val.npz")
+    if usage and not args.sample and votes_path.exists():
+        from training.ferplus import load_votes, majority_accuracy, majority_labels
+        with np.load(args.data) as data:
+            index = data["index"] if SPLITS[args.split] is None else data["index"][data["usage"] == SPLITS[args.split]]
+        majority = majority_labels(load_votes(votes_path, index), index)
+        report["ferplus_majority"] = {
+            "labels": "FER+ majority vote among the ten columns, rows led by one of the seven shared classes",
+            "plain": majority_accuracy(result["predicted"]["plain"], majority),
+            "flip": majority_accuracy(result["predicted"]["flip"], majority)}
 
     if not args.no_png:
         p, f = result["plain"], result["flip"]

@@ -57,6 +57,25 @@ def soft_targets(votes: np.ndarray, labels: np.ndarray, index: np.ndarray, weigh
     return (weight * crowd + (1 - weight) * onehot).astype(np.float32)
 
 
+def majority_labels(votes: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """FER+'s majority label of each row in FER2013's class order, or -1 where there is
+    none among our seven classes: the top column must have more votes than every other
+    of the ten (so ties, and rows led by contempt, unknown or not-a-face, have none), and
+    the mismatched row has none."""
+    ranked = np.sort(votes, axis=1)
+    top = votes.argmax(axis=1)
+    clear = (ranked[:, -1] > ranked[:, -2]) & ~np.isin(index, MISMATCHED_INDEX)
+    ours = np.full(10, -1)
+    ours[list(FER2013_FROM_FERPLUS)] = np.arange(7)
+    return np.where(clear, ours[top], -1)
+
+
+def majority_accuracy(predicted: np.ndarray, majority: np.ndarray) -> dict:
+    """Accuracy against FER+'s majority labels, on the rows that have one."""
+    kept = majority >= 0
+    return {"n": int(kept.sum()), "accuracy": round(float((predicted[kept] == majority[kept]).mean()), 4)}
+
+
 def load_split_index(path: Path, usage: int) -> np.ndarray:
     """The original csv row numbers of one split of the data npz."""
     with np.load(path) as data:
