@@ -253,22 +253,21 @@ def floor_section(f: dict) -> list[str]:
              f"One face is {f['gflop_per_face']:.2f} GFLOP (multiply-adds counted twice; direct convolution's arithmetic). "
              f"Batches of 10 on {f['threads']} threads:", "",
              "| | ms per face | GOP/s | floor GOP/s, same threads | ratio |", "|---|---|---|---|---|"]
-    int8_floor = f["onnxruntime_matmulinteger_u8s8_gops"]
-    lines.append(f"| int8 graph (onnxruntime) | {p['int8']['ms_per_face_batch10']:.2f} | {p['int8']['gops']:.0f} | "
-                 f"{int8_floor:.0f} (2048x2048 uint8 x int8 MatMulInteger, onnxruntime) | {p['int8']['gops'] / int8_floor:.2f} |")
-    if "torch_int_mm_s8s8_gops" in f:
-        other = f["torch_int_mm_s8s8_gops"]
-        lines.append(f"| int8 graph, second measure of the floor | | | {other:.0f} (2048x2048 int8 x int8, oneDNN through "
-                     f"`torch._int_mm`) | {p['int8']['gops'] / other:.2f} |")
-    fp32_floor = f["onnxruntime_matmul_fp32_gops"]
-    lines.append(f"| fp32 graph (onnxruntime) | {p['fp32']['ms_per_face_batch10']:.2f} | {p['fp32']['gops']:.0f} | "
-                 f"{fp32_floor:.0f} (2048x2048 fp32 MatMul, onnxruntime) | {p['fp32']['gops'] / fp32_floor:.2f} |")
-    if "numpy_matmul_fp32_gops" in f:
-        blas = f["numpy_openblas"]
-        lines.append(f"| fp32 graph, second measure of the floor | | | {f['numpy_matmul_fp32_gops']:.0f} (2048x2048 fp32, "
-                     f"numpy's OpenBLAS {blas.get('version')}, kernel {blas.get('architecture')}, OPENBLAS_CORETYPE and "
-                     f"OPENBLAS_L2_SIZE unset for this measurement only) | "
-                     f"{p['fp32']['gops'] / f['numpy_matmul_fp32_gops']:.2f} |")
+    blas = f.get("numpy_openblas", {})
+    floors = {  # precision -> (result key, how it was measured); the first is the graph's own engine
+        "int8": [("onnxruntime_matmulinteger_u8s8_gops", "2048x2048 uint8 x int8 MatMulInteger, onnxruntime"),
+                 ("torch_int_mm_s8s8_gops", "2048x2048 int8 x int8, oneDNN through `torch._int_mm`")],
+        "fp32": [("onnxruntime_matmul_fp32_gops", "2048x2048 fp32 MatMul, onnxruntime"),
+                 ("numpy_matmul_fp32_gops", f"2048x2048 fp32, numpy's OpenBLAS {blas.get('version')}, kernel "
+                                            f"{blas.get('architecture')}, OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset "
+                                            "for this measurement only")],
+    }
+    for precision, measures in floors.items():
+        graph = p[precision]
+        for i, (key, how) in enumerate(m for m in measures if m[0] in f):
+            head = (f"{precision} graph (onnxruntime) | {graph['ms_per_face_batch10']:.2f} | {graph['gops']:.0f}" if i == 0
+                    else f"{precision} graph, second measure of the floor | |")
+            lines.append(f"| {head} | {f[key]:.0f} ({how}) | {graph['gops'] / f[key]:.2f} |")
     return lines
 
 

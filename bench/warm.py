@@ -30,7 +30,7 @@ from bench.photos import photos  # noqa: E402
 from bench.timing import median, summary, timings  # noqa: E402
 from emotion.faces import crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
-from emotion.model import available_cpus, load_model  # noqa: E402
+from emotion.model import available_cpus, load_model, normalise  # noqa: E402
 from emotion.pipeline import detector_for  # noqa: E402
 from local.events import LambdaContext, http_api_event  # noqa: E402
 
@@ -128,7 +128,6 @@ class OpenCVNet:
         self.net, self.spec = cv2.dnn.readNetFromONNX(str(path)), spec
 
     def logits(self, faces):
-        from emotion.model import normalise
         self.net.setInput(normalise(np.stack(faces), self.spec))
         return self.net.forward()
 

@@ -49,14 +49,12 @@ def group_jpeg() -> bytes:
 @pytest.fixture(scope="session")
 def publictest():
     """FER2013's 3,589 PublicTest faces and labels (../shared, never committed)."""
-    from training.common import DEFAULT_DATA, PUBLIC_TEST, load_split
-    data = Path(os.environ.get("FER2013_NPZ") or DEFAULT_DATA)
-    if not data.exists():
-        pytest.fail(f"FER2013 data not found at {data} (expected ../shared/data/fer2013/fer2013_train_val.npz "
-                    "beside the repository, or set FER2013_NPZ)")
-    images, labels = load_split(data, PUBLIC_TEST)
-    assert len(labels) == 3589, "not FER2013's PublicTest"
-    return images, labels
+    from training.common import DEFAULT_DATA, load_publictest
+    try:
+        return load_publictest(Path(os.environ.get("FER2013_NPZ") or DEFAULT_DATA))
+    except (OSError, ValueError) as exc:
+        pytest.fail(f"{exc} (expected ../shared/data/fer2013/fer2013_train_val.npz beside the repository, "
+                    "or set FER2013_NPZ)")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +62,7 @@ def publictest_logits(publictest):
     """The served logits of every PublicTest face, by precision, computed once for the
     session (the fp32 graph takes about 75 s here): ``publictest_logits("fp32")``."""
     from emotion.model import load_model
-    from training.quantize import logits_of
+    from training.calibrate import logits_of
     model_dir = Path(os.environ.get("MODEL_UNDER_TEST") or ROOT / "layers" / "model")
     cache: dict[str, object] = {}
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import DEFAULT_DATA, PUBLIC_TEST, ROOT, load_split, set_manifest_key
+from training.common import DEFAULT_DATA, ROOT, load_publictest, set_manifest_key
 from emotion.model import WeightsError, load_model, softmax  # noqa: E402  (path set up by training.common)
 
 BINS = 15
@@ -183,11 +183,16 @@ def write_png(path: Path, img) -> None:
 
 # ---- the command -----------------------------------------------------------------------
 
-def served_logits(model_dir: Path, images: np.ndarray, batch_size: int = 256):
-    """The loaded model and the logits the service computes for ``images``."""
+def logits_of(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The logits a loaded model (emotion.model.load_model) computes for ``images``, in
+    batches of ``batch_size``."""
+    return np.concatenate([model.logits(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+
+
+def served_logits(model_dir: Path, images: np.ndarray):
+    """The loaded fp32 model and the logits the service computes with it for ``images``."""
     model = load_model(model_dir, precision="fp32")
-    chunks = [model.logits(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
-    return model, np.concatenate(chunks)
+    return model, logits_of(model, images)
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -217,11 +222,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not args.data.exists():
-        sys.exit(f"no data at {args.data} (FER2013 npz: images, labels, usage; see ../shared/data/fer2013/README)")
-    images, labels = load_split(args.data, PUBLIC_TEST)
-    if len(labels) != 3589:
-        sys.exit(f"{args.data}: {len(labels)} PublicTest rows, not FER2013's 3,589")
+    try:
+        images, labels = load_publictest(args.data)
+    except (OSError, ValueError) as exc:
+        sys.exit(str(exc))
     try:
         model, logits = served_logits(args.model_dir, images)
     except WeightsError as exc:

@@ -39,6 +39,18 @@ def load_split(path: Path, usage: int | None) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def load_publictest(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """FER2013's 3,589 PublicTest faces and labels of ``path``; FileNotFoundError or
+    ValueError, with a message saying what is wrong, for a missing file or other rows."""
+    if not path.exists():
+        raise FileNotFoundError(f"no data at {path} (FER2013 npz: images, labels, usage; "
+                                "see ../shared/data/fer2013/README)")
+    images, labels = load_split(path, PUBLIC_TEST)
+    if len(labels) != 3589:
+        raise ValueError(f"{path}: {len(labels)} PublicTest rows, not FER2013's 3,589")
+    return images, labels
+
+
 def has_usage(path: Path) -> bool:
     """Whether the npz says which rows are Training and which PublicTest."""
     with np.load(path) as data:
@@ -206,6 +218,6 @@ def set_manifest_key(model_dir: Path, key: str, value, expected: dict) -> dict:
 
 
 __all__ = ["CLASSES", "DEFAULT_DATA", "PUBLIC_TEST", "ROOT", "ResNet", "SAMPLE_N", "SAMPLE_SEED", "TRAINING",
-           "evaluate", "evaluate_loaded", "fixed_sample", "has_usage", "input_spec", "load_split", "metrics",
+           "evaluate", "evaluate_loaded", "fixed_sample", "has_usage", "input_spec", "load_publictest", "load_split", "metrics",
            "predict_probs", "sample_figures", "sample_probs", "sha256_file", "shipped_metrics", "to_tensor",
            "update_manifest"]

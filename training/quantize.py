@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, load_split, set_manifest_key
-from training.calibrate import BINS, expected_calibration_error
+from training.common import DEFAULT_DATA, ROOT, TRAINING, load_publictest, load_split, set_manifest_key
+from training.calibrate import BINS, expected_calibration_error, logits_of
 from emotion.model import WeightsError, load_model, normalise, sha256_bytes, softmax
 
 INT8_FILE = "resnet9_fer2013.int8.onnx"
@@ -74,10 +74,6 @@ def quantise(fp32_graph: Path, crops: np.ndarray, spec: dict) -> bytes:
         return out.read_bytes()
 
 
-def logits_of(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    return np.concatenate([model.logits(list(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
-
-
 def gate(fp32_logits: np.ndarray, int8_logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict:
     """The int8 graph's figures beside the fp32 graph's on the same faces, and whether
     they pass ``GATE``."""
@@ -116,17 +112,16 @@ def main(argv=None) -> int:
     import onnxruntime
 
     args = parse_args(argv)
-    if not args.data.exists():
-        sys.exit(f"no data at {args.data} (FER2013 npz: images, labels, usage; see ../shared/data/fer2013/README)")
+    try:
+        images, labels = load_publictest(args.data)
+    except (OSError, ValueError) as exc:
+        sys.exit(str(exc))
     try:
         fp32 = load_model(args.model_dir, precision="fp32")  # sha256 checked
     except WeightsError as exc:
         sys.exit(f"refused: {exc}")
     manifest, spec = fp32.manifest, fp32.manifest["input"]
     training_images, _ = load_split(args.data, TRAINING)
-    images, labels = load_split(args.data, PUBLIC_TEST)
-    if len(labels) != 3589:
-        sys.exit(f"{args.data}: {len(labels)} PublicTest rows, not FER2013's 3,589")
 
     graph = quantise(args.model_dir / manifest["onnx"]["file"], calibration_crops(training_images), spec)
     with tempfile.TemporaryDirectory() as tmp:  # the candidate, loaded exactly as the service would load it

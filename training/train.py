@@ -125,6 +125,11 @@ def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
     return float(loss.detach()), float((logits.argmax(1) == y).float().mean())
 
 
+def checkpoint_args(args: argparse.Namespace) -> dict:
+    """The command's settings as a checkpoint records them (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
 def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
@@ -170,11 +175,12 @@ def main(argv=None) -> int:
     last = ckpt_dir / "last.pt"
     if args.resume and last.exists():
         ckpt = torch.load(last, map_location=args.device, weights_only=False)
-        same = ("epochs", "batch_size", "lr", "seed", "soft_weight")
-        if any(ckpt["args"].get(k, getattr(args, k)) != getattr(args, k) for k in same) \
-                or ckpt["args"].get("soft_labels") != (str(args.soft_labels) if args.soft_labels else None):
+        # a setting a checkpoint lacks was made before the setting existed: its default then
+        now, before = checkpoint_args(args), {**checkpoint_args(parse_args([])), **ckpt["args"]}
+        same = ("epochs", "batch_size", "lr", "seed", "soft_labels", "soft_weight")
+        if any(before[k] != now[k] for k in same):
             sys.exit(f"{last} was made with other settings ("
-                     + ", ".join(f"--{k.replace('_', '-')} {ckpt['args'].get(k)}" for k in (*same, "soft_labels"))
+                     + ", ".join(f"--{k.replace('_', '-')} {before[k]}" for k in same)
                      + "); resume with the same values")
         model.load_state_dict(ckpt["model"])  # onto the model's device
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -188,7 +194,7 @@ def main(argv=None) -> int:
         tmp = last.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state,
-                    "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}, tmp)
+                    "args": checkpoint_args(args)}, tmp)
         tmp.replace(last)
 
     command = shlex.join(["python", "-m", "training.train", *(sys.argv[1:] if argv is None else argv)])

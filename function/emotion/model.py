@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -92,7 +93,11 @@ class LoadedModel(Described):
         """Logits, shape (len(faces), 7), of 48x48 grey uint8 crops, in one forward pass
         (not divided by the temperature).  A session may run from several threads at once."""
         x = normalise(np.stack(faces), self.manifest["input"])
-        return self.session.run(None, {self.session.get_inputs()[0].name: x})[0].astype(np.float32)
+        return self.session.run(None, {self._input_name: x})[0].astype(np.float32)
+
+    @cached_property
+    def _input_name(self) -> str:
+        return self.session.get_inputs()[0].name
 
     def predict(self, faces: list[np.ndarray]) -> np.ndarray:
         """Calibrated class probabilities, shape (len(faces), 7), for 48x48 grey uint8
