@@ -26,7 +26,7 @@ INIT ?=
 # the peak learning rate
 LR ?=
 
-.PHONY: setup tools run invoke serve run-s3 test train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
+.PHONY: setup tools browser run invoke serve analyse run-s3 test train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,14 @@ $(TOOLS)/.installed:
 
 tools: $(TOOLS)/.installed
 
+# The demo page's test drives Debian's Chromium with Playwright (tests/test_page.py);
+# Playwright's own browser download cannot work here, so the system's is used.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the browser test"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
+
 run: setup
 	$(PY) -m local.invoke $(EVENT)
 
@@ -61,13 +69,19 @@ invoke: setup
 serve: setup
 	$(PY) -m local.serve --port $${PORT:-3000}
 
+# A folder of photos through the same pipeline, no AWS: one JSON line per photo.
+# make analyse PHOTOS="~/Pictures/trip" [ANALYSE_ARGS="--out results.jsonl --annotate annotated/"]
+PHOTOS ?= events/images
+analyse: setup
+	$(PY) -m local.analyse $(PHOTOS) $(ANALYSE_ARGS)
+
 run-s3: setup
 	$(PY) -m local.run_s3
 
 events: setup
 	$(PY) events/generate.py
 
-test: setup tools
+test: setup tools browser
 	$(PY) -m pytest -q tests
 
 train: setup

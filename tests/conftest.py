@@ -71,3 +71,32 @@ def publictest_logits(publictest):
             cache[precision] = logits_of(load_model(model_dir, precision=precision), publictest[0])
         return cache[precision]
     return logits
+
+
+@pytest.fixture(scope="session")
+def served():
+    """`make serve` on a free port of 127.0.0.1, as a person would start it, with the
+    Rekognition fallback off (nothing may leave this machine): its base URL."""
+    import re
+    import signal
+    import subprocess
+    import threading
+
+    env = {**os.environ, "PORT": "0", "FALLBACK_MODE": "off", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen(["make", "-s", "--no-print-directory", "serve"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                break
+        else:
+            pytest.fail("make serve stopped before listening:\n" + "".join(lines[-30:]))
+        # keep reading what it logs, so that a full pipe never blocks it
+        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        yield found.group(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

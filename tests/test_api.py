@@ -288,9 +288,9 @@ def test_a_phone_photo_is_decoded_at_reduced_size_and_answered_in_its_own_pixels
 
 
 def test_a_bug_is_a_500_without_a_trace(monkeypatch, astronaut_jpeg):
-    def broken(data):
+    def broken(image):
         raise RuntimeError("secret internals")
-    monkeypatch.setattr(api.pipeline, "analyse", broken)
+    monkeypatch.setattr(api.pipeline, "analyse_image", broken)
     status, body = post(astronaut_jpeg)
     assert (status, body["error"]["code"]) == (500, "internal_error")
     assert "secret" not in json.dumps(body)

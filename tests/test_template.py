@@ -308,7 +308,7 @@ def test_api_function_may_only_detect_faces(template, defaults, translated):
 
 
 def test_api_routes(template, translated):
-    from handlers.api import ROUTES
+    from handlers.api import ANALYSE, PAGES
 
     events = props(template, "EmotionFunction")["Events"]
     routes = set()
@@ -316,11 +316,12 @@ def test_api_routes(template, translated):
         assert event["Type"] == "HttpApi", name
         assert event["Properties"]["ApiId"] == {"Ref": "EmotionApi"}, name
         routes.add((event["Properties"]["Method"].upper(), event["Properties"]["Path"]))
-    assert {("POST", route) for route in ROUTES} <= routes
+    named = {("POST", route) for route in ANALYSE} | {("GET", page) for page in PAGES}
+    assert named <= routes
     # Every other path and method reaches the function (its own JSON 404/405)...
     others = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"}
     assert {(method, "/{proxy+}") for method in others} <= routes
-    assert routes == {("POST", route) for route in ROUTES} | {(m, "/{proxy+}") for m in others}
+    assert routes == named | {(m, "/{proxy+}") for m in others}
     # ...except OPTIONS: the CORS preflight stays with API Gateway.
     assert not any(method in ("OPTIONS", "ANY") for method, _ in routes)
     cors = props(template, "EmotionApi")["CorsConfiguration"]
@@ -532,6 +533,7 @@ def test_dockerfile(template):
             f"layers/model/{manifest['onnx']['file']}", "/opt/model/"] in copies
     assert ["function/emotion/", "${LAMBDA_TASK_ROOT}/emotion/"] in copies
     assert ["function/handlers/", "${LAMBDA_TASK_ROOT}/handlers/"] in copies
+    assert ["function/web/", "${LAMBDA_TASK_ROOT}/web/"] in copies  # the demo page and the contract
     env = " ".join(arg for op, arg in instructions if op == "ENV")
     assert "MODEL_DIR=/opt/model" in env.split()
     cmd = [arg for op, arg in instructions if op == "CMD"]
@@ -548,6 +550,7 @@ def test_docker_context(tools_env):
               "layers/model/resnet9_fer2013.int8.onnx"}
     for package in ("emotion", "handlers"):
         copied |= {str(p.relative_to(ROOT)) for p in (ROOT / "function" / package).glob("*.py")}
+    copied |= {"function/web/index.html", "function/web/openapi.yaml"}
     manifest = json.loads((ROOT / "layers" / "model" / "manifest.json").read_text())
     assert f"layers/model/{manifest['onnx']['file']}" in context
     assert f"layers/model/{manifest['onnx_int8']['file']}" in context
@@ -580,6 +583,10 @@ for name in sys.argv[2:]:
     with open(name) as f:
         answer = handlers.api.lambda_handler(json.load(f), LambdaContext())
     answers[name] = {"status": answer["statusCode"], "body": json.loads(answer["body"])}
+for path in ("/", "/openapi.json"):
+    from local.events import http_api_event
+    answer = handlers.api.lambda_handler(http_api_event("GET", path, {}), LambdaContext())
+    answers[path] = {"status": answer["statusCode"], "type": answer["headers"]["Content-Type"]}
 answers["onnxruntime"] = sys.modules["onnxruntime"].__file__
 print(json.dumps(answers))
 """
@@ -621,3 +628,5 @@ def test_the_handlers_run_with_only_what_the_image_installs(tmp_path):
     assert one["status"] == group["status"] == prototype["status"] == 200
     assert len(one["body"]["faces"]) == 1 and len(group["body"]["faces"]) >= 2
     assert prototype["body"]["emotion"] == one["body"]["faces"][0]["emotion"]
+    assert answers["/"] == {"status": 200, "type": "text/html; charset=utf-8"}
+    assert answers["/openapi.json"] == {"status": 200, "type": "application/json"}  # PyYAML is in the image

@@ -45,7 +45,10 @@ class Pipeline:
     def analyse(self, data: bytes) -> dict:
         """The answer for one image.  Raises emotion.errors.InputError for bad input;
         a failing Rekognition never raises (the answer gets ``fallback_error``)."""
-        image = self.decode(data)
+        return self.analyse_image(self.decode(data))
+
+    def analyse_image(self, image: DecodedImage) -> dict:
+        """The answer for a decoded image (``decode``); the same as ``analyse``."""
         faces = self.local_faces(image)
         source = "local" if faces else "none"
         fallback_error = None

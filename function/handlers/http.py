@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 from emotion.errors import InputError
 
@@ -26,6 +26,8 @@ class Request:
     content_type: str   # the media type alone, lower case
     content_type_header: str
     body: bytes
+    query: dict[str, str]
+    accept: str = ""
 
 
 def parse_event(event: dict) -> Request:
@@ -39,9 +41,14 @@ def parse_event(event: dict) -> Request:
         stage = event.get("requestContext", {}).get("stage", "$default")
         if stage != "$default" and path.startswith(f"/{stage}/"):
             path = path[len(stage) + 1:]
+        raw_query = event.get("rawQueryString")
+        query = dict(parse_qsl(raw_query, keep_blank_values=True)) if isinstance(raw_query, str) \
+            else event.get("queryStringParameters")
     else:
         method = event.get("httpMethod", "")
         path = event.get("path") or event.get("resource") or ""
+        query = event.get("queryStringParameters")
+    query = {str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {}
     headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items() if v is not None}
     header = headers.get("content-type", "")
     body = event.get("body") or ""
@@ -53,7 +60,37 @@ def parse_event(event: dict) -> Request:
     else:
         data = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
     return Request(method=method.upper(), path=path.rstrip("/") or "/",
-                   content_type=header.split(";")[0].strip().lower(), content_type_header=header, body=data)
+                   content_type=header.split(";")[0].strip().lower(), content_type_header=header, body=data,
+                   query=query, accept=headers.get("accept", ""))
+
+
+def wants_jpeg(request: Request) -> bool:
+    """Whether to answer with the annotated photo: ``?annotate=1|true`` (``0|false``:
+    never), else when Accept prefers image/jpeg (or image/*) to application/json."""
+    flag = request.query.get("annotate")
+    if flag is not None:
+        if flag.lower() in ("1", "true"):
+            return True
+        if flag.lower() in ("0", "false"):
+            return False
+        raise InputError("invalid_parameter", f"annotate must be 1, true, 0 or false, not {flag[:40]!r}.")
+    jpeg = json_q = 0.0
+    for item in request.accept.split(","):
+        media, _, params = item.strip().partition(";")
+        media = media.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if media in ("image/jpeg", "image/*"):
+            jpeg = max(jpeg, q)
+        elif media in ("application/json", "application/*", "*/*"):
+            json_q = max(json_q, q)
+    return jpeg > json_q
 
 
 def decode_base64(text: str | bytes) -> bytes:

@@ -29,9 +29,16 @@ Every record of the event is handled, and ends in one of four ways:
   is idempotent: the same object always gives the same result key, and overwriting it
   gives the same content apart from ``processed_at``.
 
+With ANNOTATE=true, an analysed photo also gets its annotated copy (every face's box,
+label and confidence drawn; emotion.annotate) at ``annotated_key``:
+``results/<key>.annotated.jpg``, written before the JSON result, which names it in
+``annotated_key``.  It is under RESULTS_PREFIX, which the notification's prefix filter
+never matches (UPLOAD_PREFIX may not be inside it) and which the handler skips.
+
 Settings (environment, read once per container): UPLOAD_PREFIX (``uploads/``; empty for
 the whole bucket), RESULTS_PREFIX (``results/``; never empty, never inside
-UPLOAD_PREFIX), MAX_OBJECT_BYTES (default: MAX_IMAGE_BYTES of the pipeline).  The S3
+UPLOAD_PREFIX), MAX_OBJECT_BYTES (default: MAX_IMAGE_BYTES of the pipeline), ANNOTATE
+(``false``; ``true`` writes the annotated photos).  The S3
 client is boto3's with its standard configuration (AWS_REGION, AWS_ENDPOINT_URL_S3, ...).
 """
 from __future__ import annotations
@@ -43,6 +50,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote_plus
 
+from emotion.annotate import annotate
 from emotion.errors import InputError
 from handlers.runtime import count, logger, metrics, pipeline, record, settings
 
@@ -60,6 +68,7 @@ class Options:
     upload_prefix: str = "uploads/"
     results_prefix: str = "results/"
     max_object_bytes: int = 6 * 1024 * 1024
+    annotate: bool = False
 
     @classmethod
     def from_env(cls, max_image_bytes: int) -> "Options":
@@ -74,7 +83,11 @@ class Options:
                              "every upload would be skipped")
         if limit <= 0:
             raise ValueError(f"MAX_OBJECT_BYTES must be positive, not {limit}")
-        return cls(upload_prefix=upload, results_prefix=results, max_object_bytes=limit)
+        annotate = os.environ.get("ANNOTATE", "false").strip().lower()
+        if annotate not in ("true", "false"):
+            raise ValueError(f"ANNOTATE must be true or false, not {annotate!r}")
+        return cls(upload_prefix=upload, results_prefix=results, max_object_bytes=limit,
+                   annotate=annotate == "true")
 
 
 options = Options.from_env(settings.max_image_bytes)
@@ -116,6 +129,12 @@ def result_key(key: str) -> str:
     """Where the result of the object ``key`` (decoded) is written:
     ``uploads/a b.jpg`` -> ``results/uploads/a b.jpg.json``."""
     return f"{options.results_prefix}{key}.json"
+
+
+def annotated_key(key: str) -> str:
+    """Where the annotated copy of ``key`` goes (ANNOTATE=true):
+    ``uploads/a b.jpg`` -> ``results/uploads/a b.jpg.annotated.jpg``."""
+    return f"{options.results_prefix}{key}.annotated.jpg"
 
 
 _client = None
@@ -211,10 +230,16 @@ def process(rec: dict) -> str:
     try:
         if problem:
             raise problem
-        result.update(pipeline.analyse(data))
+        image = pipeline.decode(data)
+        result.update(pipeline.analyse_image(image))
     except InputError as exc:
         result.update(status="error", error={"code": exc.code, "message": exc.message},
                       source=None, emotion=None, faces=[], image=None, model=pipeline.model_info)
+    if options.annotate and result["status"] == "ok":
+        # First, so that whoever waits for the JSON result finds the picture there too.
+        result["annotated_key"] = annotated_key(obj.key)
+        s3_client().put_object(Bucket=obj.bucket, Key=result["annotated_key"], ContentType="image/jpeg",
+                               Body=annotate(image, result["faces"]))
     result["processed_at"] = _now()
     target = result_key(obj.key)
     s3_client().put_object(Bucket=obj.bucket, Key=target, ContentType="application/json",

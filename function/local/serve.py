@@ -3,10 +3,12 @@ as an HTTP API (2.0) event, the way API Gateway would.
 
     python -m local.serve --port 3000
     curl -F image=@face.jpg http://127.0.0.1:3000/emotion
+    open http://127.0.0.1:3000/ (the demo page)
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import threading
@@ -40,7 +42,9 @@ def make_server(host: str = "127.0.0.1", port: int = 3000) -> ThreadingHTTPServe
                                    source_ip=self.client_address[0])
             with one_at_a_time:
                 answer = lambda_handler(event, LambdaContext())
-            self._send(answer["statusCode"], answer.get("headers", {}), answer.get("body", "").encode())
+            body = answer.get("body") or ""
+            payload = base64.b64decode(body) if answer.get("isBase64Encoded") else body.encode("utf-8")
+            self._send(answer["statusCode"], answer.get("headers", {}), payload)
 
         def _send(self, status: int, headers: dict, payload: bytes):
             self.send_response(status)
@@ -50,7 +54,12 @@ def make_server(host: str = "127.0.0.1", port: int = 3000) -> ThreadingHTTPServe
             self.end_headers()
             self.wfile.write(payload)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+        def __getattr__(self, name):
+            # Every method (do_GET, do_TRACE, do_QUERY, ...) reaches the handler, which
+            # answers 405 with Allow for one a path does not take.
+            if name.startswith("do_"):
+                return self._handle
+            raise AttributeError(name)
 
         def log_message(self, fmt, *args):  # the handler logs each request itself
             pass
@@ -64,7 +73,7 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=3000)
     args = p.parse_args(argv)
     server = make_server(args.host, args.port)
-    print(f"listening on http://{args.host}:{server.server_port} (POST /emotion, POST /main); Ctrl-C stops", flush=True)
+    print(f"listening on http://{args.host}:{server.server_port} (demo page: /, POST /emotion, POST /main, GET /openapi.json); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
