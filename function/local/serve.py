@@ -20,7 +20,6 @@ MAX_REQUEST_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
 
 
 def make_server(host: str = "127.0.0.1", port: int = 3000) -> ThreadingHTTPServer:
-    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     from handlers.api import lambda_handler  # loads the model once, like a container's init
 
     one_at_a_time = threading.Lock()  # a Lambda container serves one request at a time
@@ -72,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     args = p.parse_args(argv)
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")  # no metric lines among the logs
     server = make_server(args.host, args.port)
     print(f"listening on http://{args.host}:{server.server_port} (demo page: /, POST /emotion, POST /main, GET /openapi.json); Ctrl-C stops", flush=True)
     try:
