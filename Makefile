@@ -26,7 +26,7 @@ INIT ?=
 # the peak learning rate
 LR ?=
 
-.PHONY: setup tools browser run invoke serve analyse run-s3 test train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
+.PHONY: setup tools browser run invoke serve analyse run-s3 run-bulk test train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,13 @@ analyse: setup
 
 run-s3: setup
 	$(PY) -m local.run_s3
+
+# A bulk upload through the queue: moto on 127.0.0.1, WORKERS processes as Lambda
+# instances, a report (BULK_ARGS="--inject-failures 0.05" shows the retries).
+N ?= 500
+WORKERS ?= 2
+run-bulk: setup
+	$(PY) -m local.run_bulk --n $(N) --workers $(WORKERS) $(BULK_ARGS)
 
 events: setup
 	$(PY) events/generate.py

@@ -81,3 +81,65 @@ def section(warm: dict, chosen_mb: int) -> list[str]:
     lines += ["", f"Amazon Rekognition DetectFaces alone: ${REKOGNITION_PER_1000:.2f} per 1,000 images (first tier), "
               "whatever the number of faces, before any Lambda time spent calling it."]
     return lines
+
+
+# ---- the upload queue: what 1,000 photos cost (issue 23) ----------------------------------
+# Request prices of S3 and SQS as listed for ap-northeast-2 (2026-12; not checked from this
+# machine, which reaches no AWS page): S3 Standard GET $0.00035 and PUT $0.0045 per
+# 1,000, SQS standard $0.40 per million requests (after the free tier).
+S3_GET_PER_1000 = 0.00035
+S3_PUT_PER_1000 = 0.0045
+SQS_PER_MILLION = 0.40
+# Not measured here (moto is not S3): a GET and a PUT of a photo-sized object inside the
+# region, added to each photo's billed duration.
+S3_IO_MS = 30.0
+
+
+def per_1000_photos(photo_ms: float, memory_mb: int, arch: str, batch: int, annotate: bool = False) -> dict:
+    """USD for 1,000 photos through S3 -> SQS -> Lambda, each taking ``photo_ms`` of the
+    handler's time (plus S3_IO_MS), ``batch`` messages per invocation."""
+    invocations = math.ceil(1000 / batch)
+    lambda_s = 1000 * (photo_ms + S3_IO_MS) / 1000
+    parts = {
+        "lambda_duration": lambda_s * memory_mb / 1024 * PRICE_GB_SECOND[arch],
+        "lambda_requests": invocations * PRICE_REQUEST,
+        # S3's SendMessage per upload; the mapping's ReceiveMessage and DeleteMessageBatch per batch
+        "sqs": (1000 + 2 * invocations) * SQS_PER_MILLION / 1_000_000,
+        "s3": S3_GET_PER_1000 + S3_PUT_PER_1000 * (2 if annotate else 1),
+    }
+    parts["total"] = sum(parts.values())
+    return {k: round(v, 5) for k, v in parts.items()}
+
+
+def bulk_section(warm: dict, memory_mb: int, batch: int, share: dict | None) -> list[str]:
+    """BENCHMARKS.md: 1,000 photos through the queue, beside Rekognition alone."""
+    one = warm.get("end_to_end_one_thread")
+    if not one:
+        return []
+    kinds = {"one face (640x480)": "640x480", "ten faces (the crowd photo)": "crowd"}
+    lines = ["", "### 1,000 photos through S3 -> SQS -> Lambda (USD)", "",
+             f"Each photo takes the one-thread warm time measured above (a {memory_mb:,} MB function has one "
+             f"vCPU) plus {S3_IO_MS:.0f} ms assumed for its S3 GET and PUT (not measured: moto is not S3), "
+             f"{batch} photos per invocation; S3 GET ${S3_GET_PER_1000} and PUT ${S3_PUT_PER_1000} per 1,000, SQS "
+             f"${SQS_PER_MILLION:.2f} per million requests (S3's SendMessage, then a receive and a delete per batch), "
+             "prices as listed for ap-northeast-2 and not checked from this machine. arm64's speed is not measured "
+             "here: its rows assume the x86_64 times, so they are only the price difference.", "",
+             "| photos | architecture | ms per photo | Lambda duration | Lambda requests | SQS | S3 | total "
+             "| Rekognition DetectFaces alone |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, name in kinds.items():
+        if name not in one:
+            continue
+        for arch in PRICE_GB_SECOND:
+            c = per_1000_photos(one[name]["p50"], memory_mb, arch, batch)
+            lines.append(f"| {label} | {arch} | {one[name]['p50']:.0f} + {S3_IO_MS:.0f} | {c['lambda_duration']:.5f} "
+                         f"| {c['lambda_requests']:.5f} | {c['sqs']:.5f} | {c['s3']:.5f} | **{c['total']:.4f}** "
+                         f"| {REKOGNITION_PER_1000:.2f} |")
+    if share:
+        n = share["photos"]
+        lines += ["", f"Photos that would also reach Rekognition (${REKOGNITION_PER_1000:.2f} per 1,000), measured on "
+                  f"the {n} development photos with the shipped model: FALLBACK_MODE=no-face {share['no_face']} "
+                  f"({share['no_face'] / n:.0%}: +${REKOGNITION_PER_1000 * share['no_face'] / n:.2f} per 1,000 photos), "
+                  f"low-confidence (under {share['confidence_threshold']}) {share['low_confidence']} "
+                  f"({share['low_confidence'] / n:.0%}: +${REKOGNITION_PER_1000 * share['low_confidence'] / n:.2f}), "
+                  "off 0."]
+    return lines

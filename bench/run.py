@@ -86,10 +86,17 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only; leave results.json and BENCHMARKS.md")
     p.add_argument("--sizes-only", action="store_true",
                    help="measure the installed sizes only; the other figures are kept from results.json")
+    p.add_argument("--fallback-only", action="store_true",
+                   help="measure the share of photos that would reach Rekognition only (bench/fallback.py); "
+                        "the other figures are kept from results.json")
     args = p.parse_args(argv)
     from bench.sizes import sizes
-    if args.sizes_only:
-        results = {**json.loads(RESULTS.read_text()), "sizes": sizes()}
+    if args.sizes_only or args.fallback_only:
+        results = json.loads(RESULTS.read_text())
+        if args.sizes_only:
+            results["sizes"] = sizes()
+        if args.fallback_only:
+            results["fallback_share"] = run_child("bench.fallback")[0]
         write(results, args.no_write)
         return 0
 
@@ -110,6 +117,8 @@ def main(argv=None) -> int:
                                  TF_CPP_MIN_LOG_LEVEL="3")[0])
     results.update(warm=median_of(warm), fer=median_of(fer) if fer else None)
     results["sizes"] = sizes()
+    print("the share of development photos that would reach Rekognition ...", file=sys.stderr)
+    results["fallback_share"] = run_child("bench.fallback")[0]
     results["before"] = before(json.loads(RESULTS.read_text())) if RESULTS.exists() else None
     write(results, args.no_write)
     return 0
@@ -194,13 +203,14 @@ def report(r: dict) -> str:
               f"({rl['load_cascade']:.0f} ms) on every request and runs the cascade on the full-size image.",
               "", "### Stages (p50 ms)", "",
               "| photo | decode | decode, every pixel | BGR + grey | detect | crop | classify, one batch "
-              "| classify, one face at a time |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| classify, one face at a time | draw + JPEG (annotate) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         st = w["stages"][n]
         lines.append(f"| {n} | {st['decode']:.1f} | {st['decode_every_pixel']:.1f} | {st['colour']:.1f} | {st['detect']:.1f} | "
                      f"{st['crop']:.2f} | "
-                     f"{st.get('classify_batched', 0):.1f} | {st.get('classify_one_at_a_time', 0):.1f} |")
+                     f"{st.get('classify_batched', 0):.1f} | {st.get('classify_one_at_a_time', 0):.1f} | "
+                     f"{st['annotate']:.1f} |")
     lines += ["", "### Detection settings (p50 ms, faces found)", "", "| detector | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for label, row in w["detection_variants"].items():
@@ -224,6 +234,7 @@ def report(r: dict) -> str:
             lines.append(f"| {n} | {e['p50']:.1f} | {both:.1f} | {e['p50'] / both:.2f}x |")
     lines += floor_section(w["network_floor"])
     lines += cost_section(w, MEMORY_MB)
+    lines += bulk_section(w, MEMORY_MB, r.get("fallback_share"))
     imp = c["imports_ms"]
     lines += ["", "### Cold start (init phase, ms)", "", "| " + " | ".join(imp) + " | handler module (settings, model, detector, Powertools) | init in all | process wall |",
               "|" + "---|" * (len(imp) + 3),
@@ -274,6 +285,12 @@ def floor_section(f: dict) -> list[str]:
 def cost_section(w: dict, chosen_mb: int) -> list[str]:
     from bench.cost import section
     return section(w, chosen_mb)
+
+
+def bulk_section(w: dict, chosen_mb: int, share: dict | None) -> list[str]:
+    from bench.cost import bulk_section as section
+    from local.queue import queue_settings
+    return section(w, chosen_mb, queue_settings()["batch_size"], share)
 
 
 def before_after(r: dict) -> list[str]:

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from bench.photos import photos  # noqa: E402
 from bench.timing import median, summary, timings  # noqa: E402
+from emotion.annotate import annotate  # noqa: E402
 from emotion.faces import crop_face  # noqa: E402
 from emotion.images import decode  # noqa: E402
 from emotion.model import available_cpus, load_model, normalise  # noqa: E402
@@ -80,6 +81,8 @@ def stages(images: dict, reps: int) -> dict:
             "crop": median(lambda: [crop_face(grey, f, 48, detector.framing) for f in faces], reps),
             "faces": len(faces),
         }
+        answer = pipeline.analyse_image(image)
+        row["annotate"] = median(lambda: annotate(image, answer["faces"]), reps)  # ?annotate=1, S3 ANNOTATE
         if crops:
             row["classify_batched"] = median(lambda: model.predict(crops), reps)
             row["classify_one_at_a_time"] = median(lambda: [model.predict([c]) for c in crops], reps)

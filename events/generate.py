@@ -19,7 +19,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "function"))
 
-from local.events import http_api_event, rest_api_event  # noqa: E402
+from local.events import http_api_event, rest_api_event, sqs_event, sqs_message  # noqa: E402
 
 IMAGES = HERE / "images"
 URL = "https://abc123.execute-api.ap-northeast-2.amazonaws.com"
@@ -43,6 +43,16 @@ def face_crop() -> bytes:
     face.save(buffer, format="PNG")
     (IMAGES / "astronaut-face.png").write_bytes(buffer.getvalue())
     return buffer.getvalue()
+
+
+def upload_message() -> dict:
+    """events/sqs-s3-put.json: what EmotionS3Function gets from the upload queue, one
+    message whose body is S3's notification (events/s3-put.json, written by hand from
+    S3's documented shape, with the astronaut's real size and ETag)."""
+    notification = json.loads((HERE / "s3-put.json").read_text())
+    return sqs_event(sqs_message(json.dumps(notification), message_id="059f36b4-87a3-44ab-83d2-661975830a7d",
+                                 sent_ms=1796284800000,
+                                 queue_arn="arn:aws:sqs:ap-northeast-2:123456789012:emotion-service-UploadsQueue"))
 
 
 def main() -> int:
@@ -73,6 +83,8 @@ def main() -> int:
         "bad-media-type.json": http_api_event("POST", "/emotion", {"Content-Type": "text/plain"}, b"hello"),
         "bad-method.json": http_api_event("GET", "/emotion", {}),
         "bad-route.json": http_api_event("POST", "/nowhere", jpeg, no_face[:64]),
+        # the upload queue
+        "sqs-s3-put.json": upload_message(),
     }
     for name, event in events.items():
         (HERE / name).write_text(json.dumps(event, indent=2) + "\n")

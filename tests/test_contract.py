@@ -30,7 +30,7 @@ from local import serve
 from local.events import LambdaContext, http_api_event
 
 CONTRACT = ROOT / "function" / "web" / "openapi.yaml"
-API_EVENTS = sorted(p.name for p in EVENTS.glob("*.json") if not p.name.startswith("s3-"))
+API_EVENTS = sorted(p.name for p in EVENTS.glob("*.json") if not p.name.startswith(("s3-", "sqs-")))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The S3 upload trigger (handlers.s3): moto's in-process S3, Rekognition behind a
+"""The S3 upload path's handling of a notification (handlers.s3; the queue around it is
+tests/test_queue.py): moto's in-process S3, Rekognition behind a
 botocore Stubber, the real images and the real model.  Nothing reaches the network.
 
 Predictions are never hard-coded (the weights in layers/model/ may be retrained): results
@@ -32,6 +33,7 @@ from PIL import Image  # noqa: E402
 from emotion import rekognition  # noqa: E402
 from handlers import runtime  # noqa: E402
 from handlers import s3 as handler  # noqa: E402
+from local.events import sqs_event, sqs_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "events" / "images"
@@ -69,7 +71,11 @@ def context() -> SimpleNamespace:
 
 
 def invoke(*records: dict) -> dict:
-    return handler.lambda_handler({"Records": list(records)}, context())
+    """Handle one S3 notification of ``records``, as one queue message does; its outcomes.
+    Raises RecordsFailed as the message's handling does (tests/test_queue.py: the queue)."""
+    summary = dict.fromkeys(handler.OUTCOMES, 0)
+    handler.handle_notification({"Records": list(records)}, summary)
+    return {"records": len(records), **summary}
 
 
 def s3_record(client, key: str, *, encode=lambda k: quote_plus(k, safe="/"), version_id: str | None = None,
@@ -327,7 +333,8 @@ def test_other_events_and_an_empty_event_are_skipped(s3):
     assert invoke(rec)["skipped"] == 1
     assert invoke({"s3": {"object": {}}})["skipped"] == 1      # malformed
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": BUCKET}
-    assert handler.lambda_handler(test_event, context())["records"] == 0
+    answer = handler.lambda_handler(sqs_event(sqs_message(json.dumps(test_event))), context())
+    assert answer == {"batchItemFailures": []}   # ignored, and not retried
     assert keys_under(s3, "results/") == []
 
 

@@ -1,15 +1,18 @@
 """template.yaml, samconfig.toml, function/Dockerfile and .dockerignore, checked without
-an AWS account, Docker or the network.
+an AWS account or Docker.
 
 * ``sam validate`` and ``sam validate --lint`` (the tools environment: ``make tools``);
 * the template SAM actually produces (SAM CLI's own translator, as ``sam validate``
-  runs it) is linted too: cfn-lint finds a circular dependency between the bucket, its
-  notification and the S3 function's role there, not in the SAM template;
-* least privilege of both roles, the routes, timeouts, the bucket, the queue, the
-  asynchronous-invocation settings;
+  runs it) is linted too: what CloudFormation gets, SAM's roles included;
+* least privilege of both roles, the routes, timeouts, the bucket; the way uploads reach
+  the S3 function (bucket -> UploadsQueue -> event source mapping -> function, and no
+  other way), the queue policy, the dead-letter queue and its alarm;
 * S3 recursion: no result key ``handlers.s3.result_key`` computes for an upload can
   match any of the bucket's notification filters, while the upload matches one;
-* the Docker build context ``sam build`` would send (docker-py, as SAM CLI uses it).
+* the Docker build context ``sam build`` would send (docker-py, as SAM CLI uses it);
+* both Architectures: every runtime requirement has a wheel for CPython 3.12 on
+  manylinux x86_64 and aarch64 (``pip install --dry-run``: the only test here that needs
+  the package index; it is skipped when the index cannot be reached).
 """
 from __future__ import annotations
 
@@ -24,9 +27,9 @@ from itertools import combinations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bench.run import MEMORY_MB
+from local.queue import load_template
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / ".tools" / "bin"
@@ -53,25 +56,6 @@ NOT_IMAGES = ["notes.txt", "a.gif", "a.jpg.json", "a.jpgx", "jpg", "x/"]
 
 # ---- reading CloudFormation ------------------------------------------------------------
 
-class CfnLoader(yaml.SafeLoader):
-    """PyYAML's safe loader plus CloudFormation's short tags (!Ref, !Sub, !GetAtt, ...)."""
-
-
-def _cfn_tag(loader: CfnLoader, suffix: str, node: yaml.Node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if suffix in ("Ref", "Condition"):
-        return {suffix: value}
-    if suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{suffix}": value}
-
-
-CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
 def resolve(value, params: dict, pseudo: dict = PSEUDO):
@@ -111,7 +95,7 @@ def as_list(value) -> list:
 
 @pytest.fixture(scope="module")
 def template() -> dict:
-    return yaml.load(TEMPLATE.read_text(), Loader=CfnLoader)
+    return load_template(TEMPLATE)  # CloudFormation's short tags as {"Ref": ...}, {"Fn::Sub": ...}
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +129,19 @@ def statements(template, function: str, params: dict) -> list[dict]:
 
 
 def s3_filters(template, params: dict) -> dict[str, tuple[str, str]]:
-    """Event name -> (prefix, suffix) of every S3 event of EmotionS3Function."""
+    """A name (``QueueConfigurations[<i>]``) -> (prefix, suffix) of every notification
+    configuration of UploadBucket: each of them ends in EmotionS3Function (through
+    UploadsQueue), and the bucket notifies nothing else (no Lambda, SNS or EventBridge
+    configuration escapes these filters)."""
+    notification = props(template, "UploadBucket")["NotificationConfiguration"]
+    assert set(notification) == {"QueueConfigurations"}, \
+        "UploadBucket notifies UploadsQueue only: every notification passes s3_filters"
     filters = {}
-    for name, event in props(template, "EmotionS3Function")["Events"].items():
-        assert event["Type"] == "S3", name
-        rules = {r["Name"].lower(): resolve(r["Value"], params)
-                 for r in event["Properties"]["Filter"]["S3Key"]["Rules"]}
-        assert set(rules) == {"prefix", "suffix"}, f"{name}: one prefix and one suffix rule"
+    for index, config in enumerate(notification["QueueConfigurations"]):
+        name = f"QueueConfigurations[{index}]"
+        rules = {r["Name"].lower(): resolve(r["Value"], params) for r in config["Filter"]["S3Key"]["Rules"]}
+        assert len(config["Filter"]["S3Key"]["Rules"]) == 2 and set(rules) == {"prefix", "suffix"}, \
+            f"{name}: one prefix and one suffix rule"
         filters[name] = (rules["prefix"], rules["suffix"])
     return filters
 
@@ -220,9 +210,9 @@ def test_sam_validate(tools_env, lint):
 
 
 def test_translated_template_passes_cfn_lint(tools_env, translated, tmp_path):
-    """Among others E3004: a Ref/GetAtt of the bucket in the S3 function's policy would
-    close the loop bucket -> notification permission -> function -> role -> bucket,
-    which CloudFormation refuses; `sam validate --lint` does not see it."""
+    """Among others E3004: a Ref/GetAtt of the bucket in UploadsQueuePolicy (its
+    aws:SourceArn) would close the loop bucket -> (DependsOn) queue policy -> bucket,
+    which CloudFormation refuses: the policy builds the bucket's ARN from its name."""
     path = tmp_path / "translated.json"
     path.write_text(json.dumps(translated))
     done = run([TOOLS / "cfn-lint", "--regions", REGION, "--", path], tools_env)
@@ -244,6 +234,59 @@ def test_parameters(template):
         assert re.fullmatch(pattern, good), good
     for bad in ("", "uploads", "/", "results/", "results/x/", "a//", "a*/", "up?/"):
         assert not re.fullmatch(pattern, bad), bad
+
+    assert params["Architecture"]["AllowedValues"] == ["x86_64", "arm64"]
+    assert params["Architecture"]["Default"] == "x86_64"
+    # Every number's default within its own bounds, and those within what the service takes.
+    for name, param in params.items():
+        if param["Type"] == "Number":
+            assert param["MinValue"] <= param["Default"] <= param["MaxValue"], name
+    service_limits = {  # AWS::Lambda::EventSourceMapping with a standard queue; RedrivePolicy
+        "QueueBatchSize": (1, 10000), "QueueBatchingWindowSeconds": (0, 300),
+        "QueueMaximumConcurrency": (2, 1000), "QueueMaxReceiveCount": (1, 1000)}
+    for name, (low, high) in service_limits.items():
+        assert params[name]["Type"] == "Number", name
+        assert low <= params[name]["MinValue"] and params[name]["MaxValue"] <= high, name
+    # Lambda refuses a batch of more than 10 messages without a batching window.
+    assert params["QueueBatchSize"]["Default"] <= 10 or params["QueueBatchingWindowSeconds"]["Default"] >= 1
+    # A message that keeps failing is set aside after a few tries, not at the first
+    # (perhaps passing) failure, nor after hours of retries.
+    assert 2 <= params["QueueMaxReceiveCount"]["Default"] <= 10
+    alarm_topic = params["AlarmTopicArn"]
+    assert alarm_topic["Type"] == "String" and alarm_topic["Default"] == ""
+    for good in ("", "arn:aws:sns:ap-northeast-2:123456789012:emotion-alarms",
+                 "arn:aws-cn:sns:cn-north-1:123456789012:ops_topic"):
+        assert re.fullmatch(alarm_topic["AllowedPattern"], good), good
+    for bad in (" ", "emotion-alarms", "arn:aws:sqs:ap-northeast-2:123456789012:q",
+                "arn:aws:sns:ap-northeast-2:1234:t", "arn:aws:sns:ap-northeast-2:123456789012:"):
+        assert not re.fullmatch(alarm_topic["AllowedPattern"], bad), bad
+
+
+def references(value) -> set[str]:
+    """Every name a Ref, GetAtt or Sub of ``value`` refers to (resources, parameters,
+    pseudo parameters, conditions)."""
+    found = set()
+    if isinstance(value, list):
+        for item in value:
+            found |= references(item)
+    elif isinstance(value, dict):
+        for key, arg in value.items():
+            if key in ("Ref", "Condition") and isinstance(arg, str):
+                found.add(arg)
+            elif key == "Fn::GetAtt":
+                found.add(arg[0])
+            elif key == "Fn::Sub":
+                text, local = (arg, {}) if isinstance(arg, str) else arg
+                found |= set(re.findall(r"\$\{([^}!.]+)", text)) - set(local)
+                found |= references(local)
+            else:
+                found |= references(arg)
+    return found
+
+
+def test_every_parameter_is_used(template):
+    used = references({k: v for k, v in template.items() if k != "Parameters"})
+    assert set(template["Parameters"]) <= used
 
 
 def test_every_setting_the_code_reads_is_in_the_template(template, defaults):
@@ -280,12 +323,12 @@ def test_the_code_accepts_the_template_settings(template, defaults, monkeypatch)
 
 # ---- the API function ------------------------------------------------------------------
 
-def test_both_functions_are_the_same_image(template):
+def test_both_functions_are_the_same_image(template, defaults):
     for name, command in (("EmotionFunction", "handlers.api.lambda_handler"),
                           ("EmotionS3Function", "handlers.s3.lambda_handler")):
         assert props(template, name)["PackageType"] == "Image"
         assert props(template, name)["ImageConfig"]["Command"] == [command]
-        assert function_setting(template, name, "Architectures") == ["x86_64"]
+        assert function_setting(template, name, "Architectures") == [{"Ref": "Architecture"}]
         # chosen by cost: the row bench/run.py marks "chosen" in BENCHMARKS.md's cost table
         assert function_setting(template, name, "MemorySize") == MEMORY_MB == 1769
     metadata = template["Resources"]["EmotionFunction"]["Metadata"]
@@ -293,6 +336,8 @@ def test_both_functions_are_the_same_image(template):
                         "DockerTag": "python3.12-v1"}
     # Equal Metadata: one build definition, so `sam build` builds the image once.
     assert template["Resources"]["EmotionS3Function"]["Metadata"] == metadata
+    # ... for the one processor both run on (test_every_wheel_exists_for_both_architectures).
+    assert resolve(template["Globals"]["Function"]["Architectures"], defaults) == ["x86_64"]
 
 
 def test_api_function_may_only_detect_faces(template, defaults, translated):
@@ -351,6 +396,7 @@ def test_outputs(template):
         "Fn::Sub": "https://${EmotionApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/emotion"}
     assert outputs["EmotionFunctionArn"]["Value"] == {"Fn::GetAtt": ["EmotionFunction", "Arn"]}
     assert outputs["UploadBucketName"]["Value"] == {"Ref": "UploadBucket"}
+    assert outputs["UploadsQueueUrl"]["Value"] == {"Ref": "UploadsQueue"}
     assert outputs["FailedUploadsQueueUrl"]["Value"] == {"Ref": "FailedUploadsQueue"}
 
 
@@ -391,40 +437,109 @@ def test_s3_function_reads_uploads_and_writes_results_only(template, defaults, t
         "s3:ListBucket": {bucket_arn},  # so a deleted object reads as 404 (skipped), not 403
         "s3:PutObject": {f"{bucket_arn}/{env['RESULTS_PREFIX']}*"},
         "rekognition:DetectFaces": {"*"},
+        # what the event source mapping needs to work the queue (it polls with this role)
+        "sqs:ReceiveMessage": {"<UploadsQueue.Arn>"},
+        "sqs:DeleteMessage": {"<UploadsQueue.Arn>"},
+        "sqs:GetQueueAttributes": {"<UploadsQueue.Arn>"},
     }
     assert env["UPLOAD_PREFIX"] == "uploads/" and env["RESULTS_PREFIX"] == "results/"
 
-    # The role SAM makes: the same, plus the on-failure destination and the logs.
+    # The role SAM makes: the same and the logs, nothing else -- in particular no
+    # AWSLambdaSQSQueueExecutionRole (a SAM SQS event's: those actions on every queue),
+    # and no sqs:SendMessage (there is no on-failure destination any more).
     role = translated["Resources"]["EmotionS3FunctionRole"]["Properties"]
     assert role["ManagedPolicyArns"] == ["arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"]
-    in_role: dict[str, list] = {}
+    in_role: dict[str, set] = {}
     for policy in role["Policies"]:
         for statement in policy["PolicyDocument"]["Statement"]:
+            assert statement["Effect"] == "Allow" and not {"NotAction", "NotResource"} & set(statement)
             for action in as_list(statement["Action"]):
-                in_role.setdefault(action, []).append(statement["Resource"])
-    assert set(in_role) == set(granted) | {"sqs:SendMessage"}
-    assert in_role["sqs:SendMessage"] == [{"Fn::GetAtt": ["FailedUploadsQueue", "Arn"]}]
+                in_role.setdefault(action, set()).update(as_list(resolve(statement["Resource"], defaults)))
+    assert "sqs:SendMessage" not in in_role
+    assert in_role == granted
 
 
-def test_failed_events_end_in_the_queue(template, translated):
-    config = props(template, "EmotionS3Function")["EventInvokeConfig"]
-    assert 0 <= config["MaximumRetryAttempts"] <= 2
-    assert 60 <= config["MaximumEventAgeInSeconds"] <= 3600
-    assert config["DestinationConfig"]["OnFailure"] == {
-        "Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedUploadsQueue", "Arn"]}}
-    queue = props(template, "FailedUploadsQueue")
-    assert queue.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue
-    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
-    made = translated["Resources"]["EmotionS3FunctionEventInvokeConfig"]["Properties"]
-    assert made["Qualifier"] == "$LATEST"
-    assert made["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["FailedUploadsQueue", "Arn"]}
+def test_uploads_queue_and_its_dead_letter_queue(template):
+    uploads, failed = props(template, "UploadsQueue"), props(template, "FailedUploadsQueue")
+    # Lambda's advice: at least six times the function's timeout, so that a batch still
+    # being worked on (or retried after throttling) is never handed out a second time.
+    assert uploads["VisibilityTimeout"] >= 6 * function_setting(template, "EmotionS3Function", "Timeout")
+    assert uploads["RedrivePolicy"] == {"deadLetterTargetArn": {"Fn::GetAtt": ["FailedUploadsQueue", "Arn"]},
+                                        "maxReceiveCount": {"Ref": "QueueMaxReceiveCount"}}
+    assert "RedrivePolicy" not in failed  # the end of the line
+    for queue in (uploads, failed):
+        assert queue.get("SqsManagedSseEnabled") is True or "KmsMasterKeyId" in queue
+        assert "FifoQueue" not in queue  # S3 notifies standard queues only
+    assert failed["MessageRetentionPeriod"] == 14 * 24 * 3600
+    # A message keeps its first enqueue time in a standard queue's dead-letter queue:
+    # it must not outlive the dead-letter queue's retention before it gets there.
+    assert uploads.get("MessageRetentionPeriod", 4 * 24 * 3600) <= failed["MessageRetentionPeriod"]
+
+
+def test_only_this_bucket_may_send_to_the_queue(template, defaults):
+    policy = props(template, "UploadsQueuePolicy")
+    assert template["Resources"]["UploadsQueuePolicy"]["Type"] == "AWS::SQS::QueuePolicy"
+    assert policy["Queues"] == [{"Ref": "UploadsQueue"}]
+    statement, = policy["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow" and not {"NotAction", "NotResource", "NotPrincipal"} & set(statement)
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert as_list(statement["Action"]) == ["sqs:SendMessage"]
+    assert as_list(statement["Resource"]) == [{"Fn::GetAtt": ["UploadsQueue", "Arn"]}]
+    assert set(statement["Condition"]) == {"ArnEquals", "StringEquals"}
+    # The bucket's own ARN, whatever the stack and account (the same expression as its name).
+    for stack in ("emotion-service", "Emotion-Service-PROD"):
+        pseudo = {**PSEUDO, "AWS::StackName": stack,
+                  "AWS::StackId": PSEUDO["AWS::StackId"].replace("emotion-service", stack)}
+        assert resolve(statement["Condition"], defaults, pseudo) == {
+            "ArnEquals": {"aws:SourceArn": f"arn:aws:s3:::{bucket_name(template, defaults, pseudo)}"},
+            "StringEquals": {"aws:SourceAccount": pseudo["AWS::AccountId"]}}
+    # S3 checks it may send when the notification is configured: the policy comes first.
+    assert "UploadsQueuePolicy" in as_list(template["Resources"]["UploadBucket"].get("DependsOn", []))
+
+
+def test_the_queue_feeds_the_s3_function(template, translated):
+    mapping = template["Resources"]["UploadsQueueMapping"]
+    assert mapping["Type"] == "AWS::Lambda::EventSourceMapping"
+    # the role must allow polling before the mapping starts (SAM names it <Function>Role)
+    assert as_list(mapping.get("DependsOn", [])) == ["EmotionS3FunctionRole"]
+    assert translated["Resources"]["EmotionS3FunctionRole"]["Type"] == "AWS::IAM::Role"
+    assert mapping["Properties"] == {
+        "EventSourceArn": {"Fn::GetAtt": ["UploadsQueue", "Arn"]},
+        "FunctionName": {"Ref": "EmotionS3Function"},
+        "BatchSize": {"Ref": "QueueBatchSize"},
+        "MaximumBatchingWindowInSeconds": {"Ref": "QueueBatchingWindowSeconds"},
+        "ScalingConfig": {"MaximumConcurrency": {"Ref": "QueueMaximumConcurrency"}},
+        # handlers.s3 answers batchItemFailures: only the failed messages come back
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+    }
+    made = translated["Resources"]["UploadsQueueMapping"]
+    assert made["Properties"] == mapping["Properties"]
+    assert as_list(made.get("DependsOn", [])) == ["EmotionS3FunctionRole"]
+
+
+def test_failed_uploads_raise_the_alarm(template, defaults):
+    alarm = template["Resources"]["FailedUploadsAlarm"]
+    assert alarm["Type"] == "AWS::CloudWatch::Alarm"
+    alarm = alarm["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedUploadsQueue", "QueueName"]}}]
+    # one message in the dead-letter queue is enough
+    assert alarm["Threshold"] == 0 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["Statistic"] in ("Maximum", "Sum") and alarm["EvaluationPeriods"] == 1
+    assert alarm.get("TreatMissingData") == "notBreaching"  # SQS sends no data for an idle queue
+    # Notifies AlarmTopicArn when it is given, nothing otherwise.
+    assert template["Conditions"]["HasAlarmTopic"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
+    assert alarm["AlarmActions"] == {
+        "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    assert defaults["AlarmTopicArn"] == ""
 
 
 def test_s3_event_filters(template, defaults, translated):
     filters = s3_filters(template, defaults)
-    for name, event in props(template, "EmotionS3Function")["Events"].items():
-        assert event["Properties"]["Bucket"] == {"Ref": "UploadBucket"}, name
-        assert event["Properties"]["Events"] == "s3:ObjectCreated:*", name
+    for config in props(template, "UploadBucket")["NotificationConfiguration"]["QueueConfigurations"]:
+        assert config["Event"] == "s3:ObjectCreated:*", config
+        assert config["Queue"] == {"Fn::GetAtt": ["UploadsQueue", "Arn"]}, config
     assert {prefix for prefix, _ in filters.values()} == {defaults["UploadPrefix"]}
     suffixes = [suffix for _, suffix in filters.values()]
     assert sorted(suffixes) == sorted(IMAGE_SUFFIXES)
@@ -432,17 +547,21 @@ def test_s3_event_filters(template, defaults, translated):
     for (p1, s1), (p2, s2) in combinations(filters.values(), 2):
         assert not ((p1.startswith(p2) or p2.startswith(p1)) and (s1.endswith(s2) or s2.endswith(s1))), \
             (s1, s2)
-    # What SAM hands S3: one Lambda configuration per event, to the S3 function.
-    configs = translated["Resources"]["UploadBucket"]["Properties"]["NotificationConfiguration"][
-        "LambdaConfigurations"]
-    assert len(configs) == len(filters)
-    made = set()
-    for config in configs:
-        assert config["Event"] == "s3:ObjectCreated:*"
-        assert config["Function"] == {"Fn::GetAtt": ["EmotionS3Function", "Arn"]}
-        rules = {r["Name"]: resolve(r["Value"], defaults) for r in config["Filter"]["S3Key"]["Rules"]}
-        made.add((rules["prefix"], rules["suffix"]))
-    assert made == set(filters.values())
+
+    # What CloudFormation gets: these configurations, and SAM adds no Lambda one.
+    made = translated["Resources"]["UploadBucket"]["Properties"]["NotificationConfiguration"]
+    assert set(made) == {"QueueConfigurations"}  # no LambdaConfigurations
+    assert made == props(template, "UploadBucket")["NotificationConfiguration"]
+    # One way in: no S3 event (SAM's Lambda configuration and permission), no
+    # asynchronous-invocation settings, and only the queue's event source mapping.
+    function = props(template, "EmotionS3Function")
+    assert "Events" not in function and "EventInvokeConfig" not in function
+    resources = translated["Resources"]
+    assert not [name for name, r in resources.items() if r["Type"] == "AWS::Lambda::EventInvokeConfig"]
+    assert not [name for name, r in resources.items() if r["Type"] == "AWS::Lambda::Permission"
+                and "EmotionS3Function" in references(r["Properties"]["FunctionName"])]
+    assert [name for name, r in resources.items() if r["Type"] == "AWS::Lambda::EventSourceMapping"] \
+        == ["UploadsQueueMapping"]
 
 
 @pytest.fixture
@@ -480,7 +599,19 @@ def test_a_result_never_triggers_the_function_again(template, defaults, result_k
 
 # ---- samconfig.toml ------------------------------------------------------------------
 
-def test_samconfig(template):
+SAMCONFIG = """
+import json, sys
+from pathlib import Path
+from samcli.cli.types import CfnParameterOverridesType
+from samcli.lib.config.samconfig import SamConfig
+
+path = Path(sys.argv[1])
+deploy = SamConfig(str(path.parent), path.name).get_all(["deploy"], "parameters", env="default")
+print(json.dumps(CfnParameterOverridesType().convert(deploy["parameter_overrides"], None, None)))
+"""
+
+
+def test_samconfig(template, tools_env):
     config = tomllib.loads((ROOT / "samconfig.toml").read_text())
     assert config["version"] == 0.1
     default = config["default"]
@@ -490,15 +621,96 @@ def test_samconfig(template):
     assert deploy["region"] == REGION
     assert deploy["capabilities"] == "CAPABILITY_IAM"
     assert deploy["resolve_image_repos"] is True
-    overrides = dict(item.split("=", 1) for item in deploy["parameter_overrides"].split())
+    # The overrides as `sam deploy` reads them (SAM CLI's own parser: AlarmTopicArn=""
+    # is the empty string, a deliberate "no topic").
+    done = run([TOOLS / "python", "-c", SAMCONFIG, ROOT / "samconfig.toml"], tools_env)
+    assert done.returncode == 0, done.stderr
+    overrides = json.loads(done.stdout)
     params = template["Parameters"]
-    assert set(overrides) == set(params)
-    assert overrides["FallbackMode"] in params["FallbackMode"]["AllowedValues"]
-    assert params["ConfidenceThreshold"]["MinValue"] <= float(overrides["ConfidenceThreshold"]) \
-        <= params["ConfidenceThreshold"]["MaxValue"]
-    assert re.fullmatch(params["UploadPrefix"]["AllowedPattern"], overrides["UploadPrefix"])
+    assert set(overrides) == set(params)  # every parameter, each chosen explicitly
+    for name, value in overrides.items():
+        param = params[name]
+        if "AllowedValues" in param:
+            assert value in param["AllowedValues"], (name, value)
+        if "AllowedPattern" in param:
+            assert re.fullmatch(param["AllowedPattern"], value), (name, value)
+        if param["Type"] == "Number":
+            assert param["MinValue"] <= float(value) <= param["MaxValue"], (name, value)
+    assert overrides["AlarmTopicArn"] == ""
+    assert int(overrides["QueueBatchSize"]) <= 10 or int(overrides["QueueBatchingWindowSeconds"]) >= 1
     # `lint = true` here would turn plain `sam validate` into lint only.
     assert "lint" not in default.get("validate", {}).get("parameters", {})
+
+
+# ---- both architectures: a wheel for every requirement ----------------------------------
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements() -> dict[str, str]:
+    """function/requirements.txt: canonical name -> pinned version."""
+    pins = {}
+    for line in (ROOT / "function" / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pinned = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s;]+)", line)
+            assert pinned, f"not pinned: {line}"
+            pins[canonical(pinned[1])] = pinned[2]
+    return pins
+
+
+# glibc of Lambda's python3.12 runtime (Amazon Linux 2023): 2.34
+LAMBDA_GLIBC = (2, 34)
+ALIASES = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+
+
+def runs_on_lambda(wheel: str, arch: str) -> bool:
+    """A wheel's file name: CPython 3.12, and any platform or a manylinux ``arch`` one
+    whose glibc Lambda has."""
+    python, abi, platforms = wheel[:-len(".whl")].split("-")[-3:]
+    if abi not in ("none", "abi3", "cp312") or (abi == "cp312" and "cp312" not in python.split(".")):
+        return False
+    if platforms == "any":
+        return abi == "none"
+    for platform in platforms.split("."):
+        found = re.fullmatch(rf"(manylinux1|manylinux2010|manylinux2014|manylinux_(\d+)_(\d+))_{arch}", platform)
+        if found:
+            glibc = ALIASES.get(found[1]) or (int(found[2]), int(found[3]))
+            if glibc <= LAMBDA_GLIBC:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_every_wheel_exists_for_both_architectures(arch, tmp_path):
+    """Architecture: arm64 (or x86_64) builds: pip in the image (function/Dockerfile)
+    finds a wheel for every requirement and each of their dependencies, nothing to
+    compile.  Resolved without installing, as that pip would for Lambda's Python."""
+    report = tmp_path / "report.json"
+    done = run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+                "--no-input", "--timeout", "30", "--retries", "2", "--only-binary=:all:",
+                "--platform", f"manylinux2014_{arch}", "--platform", f"manylinux_2_28_{arch}",
+                "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
+                "--target", tmp_path / "target", "--report", report,
+                "-r", ROOT / "function" / "requirements.txt"], os.environ)
+    unreachable = ("connection broken by", "NewConnectionError", "NameResolutionError",
+                   "ConnectTimeoutError", "ProxyError", "Network is unreachable")
+    if done.returncode != 0 and any(reason in done.stderr for reason in unreachable):
+        why = next(line for line in done.stderr.splitlines() if any(r in line for r in unreachable))
+        pytest.skip(f"the package index cannot be reached: {why.strip()[:300]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    installs = json.loads(report.read_text())["install"]
+    wheels = {canonical(i["metadata"]["name"]): i["download_info"]["url"].rsplit("/", 1)[-1] for i in installs}
+    versions = {canonical(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
+    for name, version in requirements().items():
+        assert name in wheels, name
+        assert versions[name] == version, (name, versions[name])
+    assert {"numpy", "onnxruntime", "opencv-python-headless", "pillow"} <= set(wheels)
+    assert not [wheel for wheel in wheels.values() if not (wheel.endswith(".whl") and runs_on_lambda(wheel, arch))]
+    # the compiled ones really are for this processor (not merely "any")
+    for name in ("numpy", "onnxruntime", "opencv-python-headless", "pillow", "pyyaml"):
+        assert wheels[name].endswith(f"_{arch}.whl"), wheels[name]
 
 
 # ---- the image -------------------------------------------------------------------------

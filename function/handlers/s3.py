@@ -1,4 +1,13 @@
-"""S3 ObjectCreated notifications -> the emotion pipeline -> one JSON result per photo.
+"""Upload notifications from the queue -> the emotion pipeline -> one JSON result per photo.
+
+The bucket announces every upload to an SQS queue (template.yaml: UploadsQueue); Lambda's
+event source mapping hands the messages to ``lambda_handler`` in batches, at most
+QueueMaximumConcurrency invocations at a time.  Each message's body is S3's notification
+(its ``Records``; events/s3-put.json) or the ``s3:TestEvent`` S3 sends when the
+notification is configured, which is ignored.  Powertools' batch processing answers
+``batchItemFailures``: only the messages that failed come back to the queue, to be tried
+again after the visibility timeout and, after QueueMaxReceiveCount tries, kept in the
+dead-letter queue (FailedUploadsQueue).
 
 A photo put at ``s3://<bucket>/<UPLOAD_PREFIX>...`` gets its answer at
 ``s3://<bucket>/<RESULTS_PREFIX><key>.json`` (see ``result_key``): the API's 200 answer
@@ -6,7 +15,7 @@ A photo put at ``s3://<bucket>/<UPLOAD_PREFIX>...`` gets its answer at
 ``bucket``, ``key``, ``version_id``, ``etag`` and ``processed_at``.  Same image, same
 pipeline and same Rekognition fallback as the API handler.
 
-Every record of the event is handled, and ends in one of four ways:
+Every record of every message is handled, and ends in one of four ways:
 
 * ``ok``: analysed; result written with ``"status": "ok"``.
 * ``error``: the file itself is bad -- larger than MAX_OBJECT_BYTES (checked from the
@@ -20,14 +29,13 @@ Every record of the event is handled, and ends in one of four ways:
   being written outside the upload prefix); a folder placeholder (key ending in ``/``);
   a record that is not ObjectCreated or is malformed.
 * ``failed``: anything else -- S3 throttling or a 5xx that outlived botocore's retries,
-  access denied, a bug of ours.  The remaining records are still processed, and then
-  the handler raises ``RecordsFailed``.  S3 invokes Lambda asynchronously, so raising is
-  the only way to have a failure recorded: Lambda retries the event (twice by default)
-  and then hands it to the on-failure destination (the FailedUploadsQueue), where it can
-  be inspected and redriven.  Swallowing the error would lose the photo's result
-  silently.  Re-processing the records that had succeeded is harmless because processing
-  is idempotent: the same object always gives the same result key, and overwriting it
-  gives the same content apart from ``processed_at``.
+  access denied, a bug of ours.  The message's remaining records are still processed,
+  then the message is reported failed (``RecordsFailed``), so the queue hands it out
+  again; a message whose body is not an S3 notification fails the same way and ends in
+  the dead-letter queue, where it can be inspected.  Swallowing the error would lose
+  the photo's result silently.  Re-processing records that had succeeded is harmless
+  because processing is idempotent: the same object always gives the same result key,
+  and overwriting it gives the same content apart from ``processed_at``.
 
 With ANNOTATE=true, an analysed photo also gets its annotated copy (every face's box,
 label and confidence drawn; emotion.annotate) at ``annotated_key``:
@@ -49,6 +57,9 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from emotion.annotate import annotate
 from emotion.errors import InputError
@@ -94,7 +105,8 @@ options = Options.from_env(settings.max_image_bytes)
 
 
 class RecordsFailed(Exception):
-    """Raised after every record was handled when some failed for a reason worth a retry."""
+    """Raised after every record of a message was handled when some failed for a reason
+    worth a retry: the message goes back to the queue."""
 
 
 @dataclass(frozen=True)
@@ -254,14 +266,15 @@ def process(rec: dict) -> str:
     return "error"
 
 
-@metrics.log_metrics(capture_cold_start_metric=True)
-@logger.inject_lambda_context(clear_state=True)
-def lambda_handler(event, context):
-    event = event if isinstance(event, dict) else {}
-    records = event.get("Records") or []
-    if not records:  # e.g. the s3:TestEvent S3 sends when the notification is configured
-        logger.info("no records", extra={"event": event.get("Event")})
-    summary = dict.fromkeys(OUTCOMES, 0)
+def handle_notification(notification: dict, summary: dict) -> None:
+    """Every record of one S3 notification; counts outcomes in ``summary``.  Raises
+    RecordsFailed, after the others, when a record failed for a reason worth a retry."""
+    if notification.get("Event") == "s3:TestEvent":  # sent once, when the notification is configured
+        logger.info("skipped: s3:TestEvent", extra={"bucket": notification.get("Bucket")})
+        return
+    records = notification.get("Records")
+    if not isinstance(records, list) or not records:
+        raise ValueError("the message is not an S3 notification (no Records)")
     failed = []
     for index, rec in enumerate(records):
         try:
@@ -273,12 +286,35 @@ def lambda_handler(event, context):
         finally:
             logger.remove_keys(["bucket", "key", "version_id"])
         summary[outcome] += 1
-    for outcome, name in METRICS.items():
-        count(name, summary[outcome])
-    logger.info("done", extra={"summary": summary})
     if failed:
         raise RecordsFailed(f"{len(failed)} of {len(records)} records failed: {', '.join(failed)[:2000]}")
-    return {"records": len(records), **summary}
+
+
+# Reports the failed messages only (batchItemFailures); when all of them failed it says
+# so the same way rather than raising, so Lambda's own error count means a bug of ours.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+
+
+@metrics.log_metrics(capture_cold_start_metric=True)
+@logger.inject_lambda_context(clear_state=True)
+def lambda_handler(event, context):
+    summary = dict.fromkeys(OUTCOMES, 0)
+
+    def message(record: SQSRecord) -> None:
+        logger.append_keys(message_id=record.message_id,
+                           receive_count=record.attributes.approximate_receive_count)
+        try:
+            handle_notification(json.loads(record.body), summary)
+        finally:
+            logger.remove_keys(["message_id", "receive_count"])
+
+    answer = process_partial_response(event=event, record_handler=message, processor=processor, context=context)
+    for outcome, name in METRICS.items():
+        count(name, summary[outcome])
+    count("MessagesFailed", len(answer["batchItemFailures"]))
+    logger.info("done", extra={"summary": summary, "messages": len(event.get("Records") or []),
+                               "messages_failed": len(answer["batchItemFailures"])})
+    return answer
 
 
 def _where(rec) -> str:

@@ -94,3 +94,30 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def sqs_message(body: str, message_id: str | None = None, receipt_handle: str = "MessageReceiptHandle",
+                receive_count: int = 1, queue_arn: str = "arn:aws:sqs:ap-northeast-2:123456789012:UploadsQueue",
+                sent_ms: int | None = None) -> dict:
+    """One record of an SQS event, as Lambda's event source mapping delivers it (the
+    shape of `sam local generate-event sqs receive-message`)."""
+    import hashlib
+
+    sent = sent_ms if sent_ms is not None else int(time.time() * 1000)
+    return {
+        "messageId": message_id or str(uuid.uuid4()),
+        "receiptHandle": receipt_handle,
+        "body": body,
+        "attributes": {"ApproximateReceiveCount": str(receive_count), "SentTimestamp": str(sent),
+                       "SenderId": "AIDAJHIPRHEMV73VRJEBU", "ApproximateFirstReceiveTimestamp": str(sent + 1)},
+        "messageAttributes": {},
+        "md5OfBody": hashlib.md5(body.encode("utf-8")).hexdigest(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": queue_arn.split(":")[3],
+    }
+
+
+def sqs_event(*messages: dict) -> dict:
+    """An SQS event of the given records (sqs_message)."""
+    return {"Records": list(messages)}
