@@ -26,7 +26,7 @@ INIT ?=
 # the peak learning rate
 LR ?=
 
-.PHONY: setup tools browser run invoke serve analyse run-s3 run-bulk test train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
+.PHONY: setup tools browser run invoke serve analyse run-s3 run-bulk test audit image-check train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -90,6 +90,16 @@ events: setup
 
 test: setup tools browser
 	$(PY) -m pytest -q tests
+
+# function/Dockerfile's own steps on CPython 3.12 without Docker, then both handlers
+# through awslambdaric on the sample events (function/local/image_check.py); .ci/run runs it.
+image-check: setup
+	$(PY) -m local.image_check
+
+# Known vulnerabilities of what the image installs, as far as the registry lets us see
+# (.ci/audit.py says what it could not check); .ci/run runs it after the tests.
+audit: setup
+	$(PY) .ci/audit.py
 
 train: setup
 	$(PY) -m training.train $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_SIZE),--batch-size $(BATCH_SIZE)) $(if $(SEED),--seed $(SEED)) $(if $(LR),--lr $(LR)) --data $(DATA) $(if $(RESUME),--resume) $(if $(INIT),--init $(INIT))

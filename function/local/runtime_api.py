@@ -74,7 +74,12 @@ class RuntimeAPI:
                     return self._reply(404)
                 self._reply(202)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # the client stopped mid-poll
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.address = f"127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -87,14 +92,16 @@ class RuntimeAPI:
         self.pending.put((request_id, event))
         return waiting.get(timeout=wait_s)
 
-    def start_client(self, handler: str = "handlers.api.lambda_handler", env: dict | None = None) -> subprocess.Popen:
-        """`python -m awslambdaric <handler>` against this API, as Lambda's bootstrap runs it."""
+    def start_client(self, handler: str = "handlers.api.lambda_handler", env: dict | None = None,
+                     python: str = sys.executable, task_root: Path = FUNCTION_DIR) -> subprocess.Popen:
+        """`python -m awslambdaric <handler>` against this API, as Lambda's bootstrap runs it
+        (``python`` and ``task_root``: another interpreter and code folder, local.image_check)."""
         environ = {**os.environ, **(env or {}), "AWS_LAMBDA_RUNTIME_API": self.address,
-                   "LAMBDA_TASK_ROOT": str(FUNCTION_DIR), "_HANDLER": handler,
+                   "LAMBDA_TASK_ROOT": str(task_root), "_HANDLER": handler,
                    "AWS_LAMBDA_FUNCTION_NAME": "EmotionFunction", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "1769",
                    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST", "AWS_EC2_METADATA_DISABLED": "true"}
-        environ["PYTHONPATH"] = os.pathsep.join([str(FUNCTION_DIR), environ.get("PYTHONPATH", "")])
-        return subprocess.Popen([sys.executable, "-m", "awslambdaric", handler], env=environ, cwd=FUNCTION_DIR)
+        environ["PYTHONPATH"] = os.pathsep.join([str(task_root), environ.get("PYTHONPATH", "")])
+        return subprocess.Popen([python, "-m", "awslambdaric", handler], env=environ, cwd=task_root)
 
     def close(self):
         self.server.shutdown()
