@@ -288,7 +288,7 @@ def test_a_phone_photo_is_decoded_at_reduced_size_and_answered_in_its_own_pixels
 
 
 def test_a_bug_is_a_500_without_a_trace(monkeypatch, astronaut_jpeg):
-    def broken(image):
+    def broken(image, timings=None):
         raise RuntimeError("secret internals")
     monkeypatch.setattr(api.pipeline, "analyse_image", broken)
     status, body = post(astronaut_jpeg)

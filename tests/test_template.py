@@ -186,18 +186,25 @@ class NoManagedPolicies:
         raise AssertionError("a managed policy by name: translating it would ask IAM")
 
 template = yaml_parse(open(sys.argv[1]).read())
-out = SamTemplateValidator(template, NoManagedPolicies(), region=sys.argv[2]).get_translated_template_if_valid()
+overrides = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}  # parameter values, as `sam deploy` gives them
+out = SamTemplateValidator(template, NoManagedPolicies(), region=sys.argv[2],
+                           parameter_overrides=overrides).get_translated_template_if_valid()
 print(json.dumps(yaml_parse(out)))
 """
+
+
+def translate(tools_env: dict, overrides: dict | None = None) -> dict:
+    """The SAM transform of template.yaml for these parameter values (the others: defaults)."""
+    done = run([TOOLS / "python", "-c", TRANSLATE, TEMPLATE, REGION, json.dumps(overrides or {})], tools_env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
 def translated(tools_env) -> dict:
     """The CloudFormation template the SAM transform makes of template.yaml (the code
     path of `sam validate`; the placeholder ImageUri is SAM CLI's)."""
-    done = run([TOOLS / "python", "-c", TRANSLATE, TEMPLATE, REGION], tools_env)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return translate(tools_env)
 
 
 # ---- SAM CLI -----------------------------------------------------------------------------
@@ -530,8 +537,8 @@ def test_failed_uploads_raise_the_alarm(template, defaults):
     # Notifies AlarmTopicArn when it is given, nothing otherwise.
     assert template["Conditions"]["HasAlarmTopic"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}
-    assert alarm["AlarmActions"] == {
-        "Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
+    # AlarmsTopic (AlarmEmail) and/or AlarmTopicArn: test_alarms_notify_the_topics
+    assert alarm["AlarmActions"] == ALARM_ACTIONS
     assert defaults["AlarmTopicArn"] == ""
 
 
@@ -595,6 +602,271 @@ def test_a_result_never_triggers_the_function_again(template, defaults, result_k
     for key in [upload_prefix + k for k in NOT_IMAGES] + ["other/a.jpg", "results/a.jpg",
                                                           upload_prefix.upper() + "a.jpg"]:
         assert triggered_by(key) == [], key
+
+
+# ---- who may call, alarms and what is kept ---------------------------------------------
+
+NO_VALUE = {"Ref": "AWS::NoValue"}
+
+
+def parameter_values(template, overrides: dict | None = None) -> dict:
+    """Every parameter's value as CloudFormation gives it to a Ref: the defaults, these
+    overrides (strings, as `sam deploy` passes them), a CommaDelimitedList as a list."""
+    values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
+    values.update(overrides or {})
+    return {name: value.split(",") if template["Parameters"][name]["Type"] == "CommaDelimitedList" else value
+            for name, value in values.items()}
+
+
+def holds(expr, template, params: dict) -> bool:
+    """A condition (Conditions, or a rule's RuleCondition / Assert) for these parameter values."""
+    (key, arg), = expr.items()
+    if key == "Condition":
+        return holds(template["Conditions"][arg], template, params)
+    if key == "Fn::Equals":
+        left, right = (resolve(a, params) for a in arg)
+        return (left if isinstance(left, list) else str(left)) == (right if isinstance(right, list) else str(right))
+    if key == "Fn::Not":
+        return not holds(arg[0], template, params)
+    if key == "Fn::And":
+        return all(holds(a, template, params) for a in arg)
+    if key == "Fn::Or":
+        return any(holds(a, template, params) for a in arg)
+    if key == "Fn::Contains":
+        items, item = (resolve(a, params) for a in arg)
+        return item in items
+    raise AssertionError(f"not evaluated here: {key}")
+
+
+def choose(value, template, params: dict):
+    """``value`` with every Fn::If decided and every AWS::NoValue gone, as CloudFormation does."""
+    if isinstance(value, list):
+        return [v for v in (choose(v, template, params) for v in value) if v != NO_VALUE]
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"}:
+            name, yes, no = value["Fn::If"]
+            return choose(yes if holds({"Condition": name}, template, params) else no, template, params)
+        return {k: v for k, v in ((k, choose(v, template, params)) for k, v in value.items()) if v != NO_VALUE}
+    return value
+
+
+def deployed(value, template, params: dict):
+    """What CloudFormation makes of ``value`` for these parameter values."""
+    return resolve(choose(value, template, params), params)
+
+
+def test_stage_throttling(template, defaults, translated):
+    params = template["Parameters"]
+    rate, burst = params["ThrottlingRateLimit"], params["ThrottlingBurstLimit"]
+    assert (rate["Default"], burst["Default"]) == (50, 100)
+    for param in (rate, burst):
+        assert param["Type"] == "Number" and param["MinValue"] >= 1
+        assert str(param["Default"]) in param["Description"]  # the default and why, stated
+    # A few warm instances' worth (one does 20-25 requests/s at 40-50 ms each), far
+    # below the account's 1,000 concurrent executions; the burst above the rate.
+    assert rate["Default"] * 0.05 <= 10 and burst["Default"] >= rate["Default"]
+    assert props(template, "EmotionApi")["DefaultRouteSettings"] == {
+        "ThrottlingBurstLimit": {"Ref": "ThrottlingBurstLimit"}, "ThrottlingRateLimit": {"Ref": "ThrottlingRateLimit"}}
+    assert "RouteSettings" not in props(template, "EmotionApi")  # no route escapes them
+    # What CloudFormation gets: the API's one stage carries them.
+    stages = [r for r in translated["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Stage"]
+    assert len(stages) == 1 and stages[0]["Properties"]["ApiId"] == {"Ref": "EmotionApi"}
+    assert stages[0]["Properties"]["StageName"] == "$default"  # EmotionApiUrl has no stage in its path
+    assert resolve(stages[0]["Properties"]["DefaultRouteSettings"], defaults) == {
+        "ThrottlingBurstLimit": "100", "ThrottlingRateLimit": "50"}
+
+
+JWT = {"JwtIssuer": "https://cognito-idp.ap-northeast-2.amazonaws.com/ap-northeast-2_Example",
+       "JwtAudience": "client-one,client-two"}
+
+
+def route_authorization(body: dict) -> dict[tuple[str, str], tuple]:
+    """(METHOD, path) -> ("NONE",) / ("AWS_IAM",) / ("JWT", jwtConfiguration, identitySource),
+    as API Gateway imports a deployed OpenAPI body."""
+    schemes = body.get("components", {}).get("securitySchemes", {})
+    found = {}
+    for path, ops in body["paths"].items():
+        for method, op in ops.items():
+            security = op.get("security", [])
+            if not security:
+                found[(method.upper(), path)] = ("NONE",)
+                continue
+            (requirement,) = security
+            (name, scopes), = requirement.items()
+            assert scopes == [], (method, path)
+            scheme = schemes[name]
+            if scheme.get("x-amazon-apigateway-authtype") == "awsSigv4":
+                found[(method.upper(), path)] = ("AWS_IAM",)
+            else:
+                authorizer = scheme["x-amazon-apigateway-authorizer"]
+                assert authorizer["type"] == "jwt" and scheme["type"] == "oauth2"
+                found[(method.upper(), path)] = ("JWT", authorizer["jwtConfiguration"], authorizer["identitySource"])
+    return found
+
+
+@pytest.mark.parametrize("auth", ["none", "iam", "jwt"])
+def test_auth(template, tools_env, translated, auth):
+    from handlers.api import PAGES
+
+    param = template["Parameters"]["Auth"]
+    assert param["AllowedValues"] == ["none", "iam", "jwt"] and param["Default"] == "none"  # the prototype's client
+    overrides = {"Auth": auth, **(JWT if auth == "jwt" else {})}
+    made = translate(tools_env, overrides)
+    # SAM makes the same template whatever Auth is: CloudFormation's conditions choose.
+    assert made == translated
+    params = parameter_values(template, overrides)
+    body = deployed(made["Resources"]["EmotionApi"]["Properties"]["Body"], made, params)
+    routes = route_authorization(body)
+    public = {("GET", page) for page in PAGES}
+    assert public < set(routes) and {("POST", "/emotion"), ("POST", "/main")} < set(routes)
+    expected = {"none": ("NONE",), "iam": ("AWS_IAM",),
+                "jwt": ("JWT", {"issuer": JWT["JwtIssuer"], "audience": ["client-one", "client-two"]},
+                        "$request.header.Authorization")}[auth]
+    for route, authorization in routes.items():
+        # the demo page and the contract stay public; every route that runs the model does not
+        assert authorization == (("NONE",) if route in public else expected), route
+    # No authorizer is defined that the routes do not use (an empty issuer would fail).
+    assert set(body.get("components", {}).get("securitySchemes", {})) == \
+        {"none": set(), "iam": {"AWS_IAM"}, "jwt": {"JwtAuthorizer"}}[auth]
+    # SAM's own Auth property is not used: it is decided at transform time.
+    assert "Auth" not in props(template, "EmotionApi")
+    for event in props(template, "EmotionFunction")["Events"].values():
+        assert "Auth" not in event["Properties"]
+
+
+def test_jwt_needs_an_issuer_and_an_audience(template):
+    def refused(overrides: dict) -> list[str]:
+        params = parameter_values(template, overrides)
+        failed = []
+        for rule in template["Rules"].values():
+            if "RuleCondition" in rule and not holds(rule["RuleCondition"], template, params):
+                continue
+            failed += [a["AssertDescription"] for a in rule["Assertions"] if not holds(a["Assert"], template, params)]
+        return failed
+
+    assert refused({}) == [] and refused({"Auth": "iam"}) == []
+    assert refused({"Auth": "jwt", **JWT}) == []
+    assert refused({"Auth": "jwt", "JwtIssuer": JWT["JwtIssuer"], "JwtAudience": "one"}) == []
+    assert len(refused({"Auth": "jwt"})) == 2
+    assert refused({"Auth": "jwt", "JwtAudience": "one"}) == ["Auth jwt needs JwtIssuer (the tokens' issuer URL)"]
+    for audience in ("", "a,,b"):
+        assert len(refused({"Auth": "jwt", "JwtIssuer": JWT["JwtIssuer"], "JwtAudience": audience})) == 1
+    issuer = template["Parameters"]["JwtIssuer"]
+    assert template["Parameters"]["JwtAudience"]["Type"] == "CommaDelimitedList"
+    for good in ("", JWT["JwtIssuer"], "https://example.auth0.com/"):
+        assert re.fullmatch(issuer["AllowedPattern"], good), good
+    for bad in ("http://example.com", "example.com", "https://a b", " "):
+        assert not re.fullmatch(issuer["AllowedPattern"], bad), bad
+
+
+def test_cors_origins(template, translated):
+    param = template["Parameters"]["CorsAllowOrigins"]
+    assert param["Type"] == "CommaDelimitedList" and param["Default"] == "*"
+    # In the body, where CloudFormation resolves the Ref (see the template's comment),
+    # not in CorsConfiguration, where SAM would put its own.
+    assert "AllowOrigins" not in props(template, "EmotionApi")["CorsConfiguration"]
+    body = translated["Resources"]["EmotionApi"]["Properties"]["Body"]
+    assert body["x-amazon-apigateway-cors"]["allowOrigins"] == {"Ref": "CorsAllowOrigins"}
+    for value, origins in (("*", ["*"]), ("https://app.example.com,https://admin.example.com",
+                                          ["https://app.example.com", "https://admin.example.com"])):
+        cors = deployed(body["x-amazon-apigateway-cors"], translated, parameter_values(template, {"CorsAllowOrigins": value}))
+        assert cors["allowOrigins"] == origins
+        assert cors["allowMethods"] == ["POST"]
+        # a browser's bearer token or SigV4 signature passes the preflight
+        assert {"content-type", "authorization", "x-amz-date", "x-amz-security-token"} <= set(cors["allowHeaders"])
+
+
+ALARM_ACTIONS = {"Fn::If": [
+    "HasAlarmEmail",
+    {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmsTopic"}, {"Ref": "AlarmTopicArn"}], [{"Ref": "AlarmsTopic"}]]},
+    {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}]}
+
+# name: namespace, metric, dimension, statistic, threshold, periods to alarm (of as many)
+ALARMS = {
+    "FailedUploadsAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible",
+                           {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedUploadsQueue", "QueueName"]}},
+                           "Maximum", 0, 1),
+    "ApiErrorsAlarm": ("AWS/Lambda", "Errors", {"Name": "FunctionName", "Value": {"Ref": "EmotionFunction"}},
+                       "Sum", 0, 1),
+    "ApiThrottlesAlarm": ("AWS/Lambda", "Throttles", {"Name": "FunctionName", "Value": {"Ref": "EmotionFunction"}},
+                          "Sum", 0, 1),
+    "ApiDurationAlarm": ("AWS/Lambda", "Duration", {"Name": "FunctionName", "Value": {"Ref": "EmotionFunction"}},
+                         "p95", {"Ref": "ApiDurationAlarmMs"}, 3),
+    "UploadErrorsAlarm": ("AWS/Lambda", "Errors", {"Name": "FunctionName", "Value": {"Ref": "EmotionS3Function"}},
+                          "Sum", 0, 1),
+    "UploadDurationAlarm": ("AWS/Lambda", "Duration", {"Name": "FunctionName", "Value": {"Ref": "EmotionS3Function"}},
+                            "p95", 48000, 3),
+}
+
+
+def test_alarms(template, translated):
+    resources = template["Resources"]
+    assert {name for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"} == set(ALARMS)
+    for name, (namespace, metric, dimension, statistic, threshold, periods) in ALARMS.items():
+        alarm = resources[name]["Properties"]
+        assert (alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"]) == (namespace, metric, [dimension]), name
+        if statistic.startswith("p"):
+            assert alarm["ExtendedStatistic"] == statistic and "Statistic" not in alarm, name
+        else:
+            assert alarm["Statistic"] == statistic and "ExtendedStatistic" not in alarm, name
+        assert alarm["Threshold"] == threshold and alarm["ComparisonOperator"] == "GreaterThanThreshold", name
+        # 5-minute periods; one bad period, or (durations) 3 of 3
+        assert alarm["Period"] == 300 and alarm["EvaluationPeriods"] == periods, name
+        assert alarm.get("DatapointsToAlarm", periods) == periods, name
+        assert alarm["TreatMissingData"] == "notBreaching", name  # no traffic is no trouble
+        assert alarm["AlarmActions"] == ALARM_ACTIONS, name
+        assert translated["Resources"][name] == resources[name], name  # SAM passes them through
+    # The thresholds: the API's p95 between a warm request and its timeout; the upload
+    # function's at 80 % of its timeout.
+    duration = template["Parameters"]["ApiDurationAlarmMs"]
+    assert duration["Type"] == "Number" and duration["Default"] == 5000 and "5000" in duration["Description"]
+    assert duration["MaxValue"] <= function_setting(template, "EmotionFunction", "Timeout") * 1000
+    assert ALARMS["UploadDurationAlarm"][4] == 0.8 * function_setting(template, "EmotionS3Function", "Timeout") * 1000
+
+
+@pytest.mark.parametrize("email", ["", "ops@example.com"])
+@pytest.mark.parametrize("topic", ["", "arn:aws:sns:ap-northeast-2:123456789012:ops"])
+def test_alarms_notify_the_topics(template, email, topic):
+    params = parameter_values(template, {"AlarmEmail": email, "AlarmTopicArn": topic})
+    expected = (["<AlarmsTopic>"] if email else []) + ([topic] if topic else [])
+    for name in ALARMS:
+        alarm = deployed(template["Resources"][name]["Properties"], template, params)
+        assert alarm.get("AlarmActions", []) == expected, name
+    # The e-mail topic exists only with an address, subscribed to it.
+    topic_resource = template["Resources"]["AlarmsTopic"]
+    assert topic_resource["Type"] == "AWS::SNS::Topic" and topic_resource["Condition"] == "HasAlarmEmail"
+    assert holds({"Condition": "HasAlarmEmail"}, template, params) == bool(email)
+    assert deployed(topic_resource["Properties"]["Subscription"], template, params) == [
+        {"Protocol": "email", "Endpoint": email}]
+
+
+def test_alarm_email_parameter(template):
+    param = template["Parameters"]["AlarmEmail"]
+    assert param["Type"] == "String" and param["Default"] == ""
+    for good in ("", "ops@example.com", "first.last+alarms@sub.example.co.kr"):
+        assert re.fullmatch(param["AllowedPattern"], good), good
+    for bad in (" ", "ops", "ops@example", "a@b@c.com", "ops @example.com"):
+        assert not re.fullmatch(param["AllowedPattern"], bad), bad
+
+
+@pytest.mark.parametrize("days,upload_prefix", [("30", "uploads/"), ("7", "photos/in/"), ("0", "uploads/")])
+def test_retention(template, days, upload_prefix):
+    param = template["Parameters"]["RetentionDays"]
+    assert param["Type"] == "Number" and param["Default"] == 30 and param["MinValue"] == 0
+    params = parameter_values(template, {"RetentionDays": days, "UploadPrefix": upload_prefix})
+    rules = deployed(props(template, "UploadBucket")["LifecycleConfiguration"], template, params)["Rules"]
+    assert all(rule["Status"] == "Enabled" for rule in rules)
+    # Always: noncurrent versions 30 days after they stop being current (an expired
+    # upload's too), unfinished multipart uploads after 7.
+    base, = [rule for rule in rules if rule["Id"] == "ExpireOldVersionsAndAbortedUploads"]
+    assert base["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30} and "Prefix" not in base
+    assert "ExpirationInDays" not in base
+    expiring = {rule["Prefix"]: int(rule["ExpirationInDays"]) for rule in rules if "ExpirationInDays" in rule}
+    results = function_env(template, "EmotionS3Function", params)["RESULTS_PREFIX"]
+    if days == "0":
+        assert expiring == {} and rules == [base]  # keeps everything
+    else:
+        assert expiring == {upload_prefix: int(days), results: int(days)}
 
 
 # ---- samconfig.toml ------------------------------------------------------------------
@@ -842,3 +1114,17 @@ def test_the_handlers_run_with_only_what_the_image_installs(tmp_path):
     assert prototype["body"]["emotion"] == one["body"]["faces"][0]["emotion"]
     assert answers["/"] == {"status": 200, "type": "text/html; charset=utf-8"}
     assert answers["/openapi.json"] == {"status": 200, "type": "application/json"}  # PyYAML is in the image
+
+
+def test_the_deployments_rekognition_calls_are_bounded(template):
+    """FALLBACK_MAX_PER_MINUTE per container x the instances that may run: a stated most."""
+    params = template["Parameters"]
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["FALLBACK_MAX_PER_MINUTE"] == {"Ref": "FallbackMaxPerMinute"}
+    assert props(template, "EmotionFunction")["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["ReserveApiConcurrency", {"Ref": "ApiReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    assert template["Conditions"]["ReserveApiConcurrency"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ApiReservedConcurrency"}, 0]}]}
+    per_minute = params["FallbackMaxPerMinute"]["Default"] * (
+        params["ApiReservedConcurrency"]["Default"] + params["QueueMaximumConcurrency"]["Default"])
+    assert per_minute == 900 and f"{per_minute} calls a minute" in params["FallbackMaxPerMinute"]["Description"]

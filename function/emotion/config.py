@@ -25,6 +25,7 @@ class Settings:
     rekognition_connect_timeout: float = 2.0
     rekognition_read_timeout: float = 5.0
     rekognition_max_attempts: int = 2
+    fallback_max_per_minute: int = 60  # DetectFaces calls per container per minute; 0: none
     max_image_bytes: int = 6 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     detector: str = "yunet"
@@ -48,10 +49,15 @@ class Settings:
         detector = _env("DETECTOR", cls.detector).lower()
         if detector not in DETECTORS:
             raise ValueError(f"DETECTOR must be one of {', '.join(DETECTORS)}, not {detector!r}")
+        # The most DetectFaces calls this container makes in any minute (the paid fallback's
+        # guard; pipeline.FallbackBudget): 0 turns Rekognition off whatever FALLBACK_MODE says.
+        per_minute = _whole("FALLBACK_MAX_PER_MINUTE",
+                            _env("FALLBACK_MAX_PER_MINUTE", str(cls.fallback_max_per_minute)))
         return cls(
             model_dir=Path(_env("MODEL_DIR", str(default_model_dir()))),
             model_precision=precision,
             fallback_mode=mode,
+            fallback_max_per_minute=per_minute,
             confidence_threshold=float(_env("CONFIDENCE_THRESHOLD", str(cls.confidence_threshold))),
             rekognition_region=_env("REKOGNITION_REGION", cls.rekognition_region),
             rekognition_connect_timeout=float(_env("REKOGNITION_CONNECT_TIMEOUT", str(cls.rekognition_connect_timeout))),
@@ -69,6 +75,17 @@ class Settings:
             detect_min_neighbors=int(_env("DETECT_MIN_NEIGHBORS", str(cls.detect_min_neighbors))),
             face_crop_max_side=int(_env("FACE_CROP_MAX_SIDE", str(cls.face_crop_max_side))),
         )
+
+
+def _whole(name: str, text: str) -> int:
+    """``text`` as a whole number >= 0; anything else (negative, 1.5, "ten") is a ValueError."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name} must be a whole number >= 0, not {text!r}")
+    return value
 
 
 def _baked_or_checkout(name: str, marker: str) -> Path:

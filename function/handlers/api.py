@@ -2,17 +2,23 @@
 
 Routes (function/web/openapi.yaml is the contract): POST /emotion, and POST /main for
 the prototype's client, answer JSON or, asked to annotate, the photo as a JPEG with the
-faces drawn; GET / is the demo page and GET /openapi.json the contract."""
+faces drawn; GET / is the demo page and GET /openapi.json the contract.
+
+Every request logs one line (Powertools' JSON, with function_request_id, path and
+method): "analysed" (status, bytes received, the image's size, faces, source, annotated,
+fallback_error's code, milliseconds of each stage), "rejected" (status, code, bytes),
+"served" (a page) or "unexpected error" (a 500, with its trace).  Never the image."""
 from __future__ import annotations
 
 import base64
 import json
+import time
 
 from emotion.annotate import annotate
 from emotion.errors import InputError
 from handlers import web
 from handlers.http import Request, extract_image, parse_event, wants_jpeg
-from handlers.runtime import count, logger, metrics, pipeline, record
+from handlers.runtime import analysed_fields, count, logger, metrics, pipeline, record
 
 ANALYSE = ("/emotion", "/main")
 PAGES = ("/", "/openapi.json")
@@ -45,41 +51,71 @@ def _page(request: Request) -> dict:
             "body": "" if request.method == "HEAD" else body, "isBase64Encoded": False}
 
 
-def _analyse(request: Request) -> dict:
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 2)
+
+
+def _received(event) -> int:
+    """The body's size as API Gateway delivered it, for requests refused before it was read."""
+    body = event.get("body") if isinstance(event, dict) else None
+    if isinstance(body, str):
+        return len(body.encode("utf-8", "surrogateescape"))
+    return len(body) if isinstance(body, (bytes, bytearray)) else 0
+
+
+def _analyse(request: Request, started: float) -> dict:
     jpeg = wants_jpeg(request)
-    image = pipeline.decode(extract_image(request))
-    result = pipeline.analyse_image(image)
+    data = extract_image(request)
+    timings: dict = {}
+    image = pipeline.decode(data, timings)
+    result = pipeline.analyse_image(image, timings=timings)
     record(result)
-    logger.info("analysed", extra={"faces": len(result["faces"]), "source": result["source"], "annotated": jpeg,
-                                   "fallback_error": result.get("fallback_error", {}).get("code")})
+    fields = {"status": 200, "bytes": len(request.body), "image_bytes": len(data), "annotated": jpeg,
+              **analysed_fields(result, timings), "annotate_ms": 0.0}
     if not jpeg:
-        return response(200, result)
-    headers = {"Content-Type": "image/jpeg", "X-Face-Count": str(len(result["faces"])),
-               "X-Emotion": result["emotion"] or "none", "X-Source": result["source"], **SECURITY}
-    return {"statusCode": 200, "headers": headers, "isBase64Encoded": True,
-            "body": base64.b64encode(annotate(image, result["faces"])).decode("ascii")}
+        answer = response(200, result)
+    else:
+        drawn = time.perf_counter()
+        headers = {"Content-Type": "image/jpeg", "X-Face-Count": str(len(result["faces"])),
+                   "X-Emotion": result["emotion"] or "none", "X-Source": result["source"], **SECURITY}
+        answer = {"statusCode": 200, "headers": headers, "isBase64Encoded": True,
+                  "body": base64.b64encode(annotate(image, result["faces"])).decode("ascii")}
+        fields["annotate_ms"] = _ms(drawn)
+    logger.info("analysed", extra={**fields, "total_ms": _ms(started)})
+    return answer
 
 
 @metrics.log_metrics(capture_cold_start_metric=True)
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event, context):
+    started = time.perf_counter()
     allowed = ""
+    received = None
     try:
         request = parse_event(event)
+        received = len(request.body)
         logger.append_keys(path=request.path, method=request.method)
         allowed = _allowed(request.path)
         if request.method not in allowed.split(", "):
             raise InputError("method_not_allowed", f"{request.path} accepts {allowed} only.", 405)
-        return _analyse(request) if allowed == "POST" else _page(request)
+        if allowed == "POST":
+            return _analyse(request, started)
+        answer = _page(request)
+        logger.info("served", extra={"status": 200, "bytes": received, "total_ms": _ms(started)})
+        return answer
     except InputError as exc:
-        logger.info("rejected", extra={"status": exc.status, "code": exc.code})
+        logger.info("rejected", extra={"status": exc.status, "code": exc.code,
+                                       "bytes": _received(event) if received is None else received,
+                                       "total_ms": _ms(started)})
         count("ClientErrors")
         answer = response(exc.status, exc.to_dict())
         if exc.status == 405:
             answer["headers"]["Allow"] = allowed
         return answer
     except Exception:  # a bug of ours: logged with its trace, never shown to the client
-        logger.exception("unexpected error")
+        logger.exception("unexpected error", extra={"status": 500, "code": "internal_error",
+                                                    "bytes": _received(event) if received is None else received,
+                                                    "total_ms": _ms(started)})
         count("ServerErrors")
         return response(500, {"error": {"code": "internal_error",
                                         "message": "The image could not be analysed; please try again."}})

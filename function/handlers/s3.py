@@ -63,7 +63,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from emotion.annotate import annotate
 from emotion.errors import InputError
-from handlers.runtime import count, logger, metrics, pipeline, record, settings
+from handlers.runtime import analysed_fields, count, logger, metrics, pipeline, record, settings
 
 # Error codes meaning "this object (version) does not exist (any more)".
 NOT_FOUND = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404"})
@@ -239,11 +239,12 @@ def process(rec: dict) -> str:
             return "skipped"
         raise
     result = {"status": "ok", "bucket": obj.bucket, "key": obj.key, "version_id": version_id, "etag": etag}
+    timings: dict = {}
     try:
         if problem:
             raise problem
-        image = pipeline.decode(data)
-        result.update(pipeline.analyse_image(image))
+        image = pipeline.decode(data, timings)
+        result.update(pipeline.analyse_image(image, timings=timings))
     except InputError as exc:
         result.update(status="error", error={"code": exc.code, "message": exc.message},
                       source=None, emotion=None, faces=[], image=None, model=pipeline.model_info)
@@ -258,11 +259,11 @@ def process(rec: dict) -> str:
                            Body=json.dumps(result, ensure_ascii=False).encode("utf-8"))
     if result["status"] == "ok":
         record(result)
-        logger.info("analysed", extra={"result_key": target, "faces": len(result["faces"]),
-                                       "source": result["source"],
-                                       "fallback_error": result.get("fallback_error", {}).get("code")})
+        logger.info("analysed", extra={"result_key": target, "bytes": len(data), "annotated": options.annotate,
+                                       **analysed_fields(result, timings)})
         return "ok"
-    logger.info("rejected", extra={"result_key": target, "code": result["error"]["code"]})
+    logger.info("rejected", extra={"result_key": target, "code": result["error"]["code"],
+                                   "bytes": len(data) if data is not None else None})
     return "error"
 
 
