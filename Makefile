@@ -26,7 +26,7 @@ INIT ?=
 # the peak learning rate
 LR ?=
 
-.PHONY: setup tools browser run invoke serve analyse run-s3 run-bulk test audit image-check train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
+.PHONY: setup tools browser run invoke serve analyse run-s3 run-bulk test audit image-check fuzz train evaluate quantize events bench eval-faces fer-venv build sam-invoke deploy validate clean
 
 $(VENV)/.installed: function/requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,13 @@ test: setup tools browser
 # through awslambdaric on the sample events (function/local/image_check.py); .ci/run runs it.
 image-check: setup
 	$(PY) -m local.image_check
+
+# Hostile API Gateway events through the API handler, in process (function/local/fuzz.py):
+# every answer a 200 or a 4xx of the contract, none over 3 s.  make fuzz [FUZZ_N=10000] [FUZZ_SEED=1]
+FUZZ_N ?= 10000
+FUZZ_SEED ?= 1
+fuzz: setup
+	$(PY) -m local.fuzz --n $(FUZZ_N) --seed $(FUZZ_SEED) $(FUZZ_ARGS)
 
 # Known vulnerabilities of what the image installs, as far as the registry lets us see
 # (.ci/audit.py says what it could not check); .ci/run runs it after the tests.

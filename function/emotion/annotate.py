@@ -88,8 +88,8 @@ def annotate(image: DecodedImage, faces: list[dict], max_side: int = MAX_SIDE, q
     longer = max(pixels.shape[:2])
     if longer > max_side:
         factor = max_side / longer
-        pixels = cv2.resize(pixels, (round(pixels.shape[1] * factor), round(pixels.shape[0] * factor)),
-                            interpolation=cv2.INTER_AREA)
+        size = (max(1, round(pixels.shape[1] * factor)), max(1, round(pixels.shape[0] * factor)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)  # at least 1 px: a 1x40000 photo
     drawn = draw(pixels, faces, pixels.shape[1] / image.width)
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - OpenCV encodes any uint8 RGB array

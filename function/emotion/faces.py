@@ -24,6 +24,9 @@ LANDMARKS = ("right_eye", "left_eye", "nose", "mouth_right", "mouth_left")
 # (a large face can be missed at the main pass's scale); a box it finds is kept at
 # this score or more (chosen on the development set, see BENCHMARKS.md).
 COARSE_SIDE = 320
+# YuNet's smallest sound input side: under it, it can answer garbage (infinite or
+# astronomically large boxes with score 1.0; found by make fuzz).
+MIN_INPUT = 32
 COARSE_SCORE = 0.8
 # Each detector's main pass when the settings leave it open (0): the longer side it
 # looks at, and how much a smaller photo may be enlarged to get there.  YuNet finds
@@ -182,8 +185,13 @@ class YuNetDetector(Detector):
         at ``threshold`` or more."""
         height, width = bgr.shape[:2]
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        scale_back = width / size[0]
         image = bgr if size == (width, height) else cv2.resize(
             bgr, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        if min(size) < MIN_INPUT:  # a black margin on the right and bottom moves no box
+            image = cv2.copyMakeBorder(image, 0, max(0, MIN_INPUT - size[1]), 0, max(0, MIN_INPUT - size[0]),
+                                       cv2.BORDER_CONSTANT, value=0)
+            size = (image.shape[1], image.shape[0])
         net = self._nets[role]
         with self._lock:  # a network runs one image at a time (local.serve has threads)
             if size != self._sizes[role]:
@@ -194,7 +202,9 @@ class YuNetDetector(Detector):
         if rows is None:
             return []
         rows = rows.astype(np.float64)
-        rows[:, :14] *= width / size[0]
+        # Only boxes that could be on the picture: a garbage row never reaches the crop.
+        rows = rows[np.isfinite(rows).all(axis=1) & (np.abs(rows[:, :4]) <= 4 * max(size)).all(axis=1)]
+        rows[:, :14] *= scale_back
         return [(row, float(row[14])) for row in rows]
 
     def detect(self, bgr: np.ndarray, grey: np.ndarray | None = None) -> list[Face]:

@@ -30,29 +30,61 @@ class Request:
     accept: str = ""
 
 
+def _field(mapping, key: str, default: str = "") -> str:
+    """A string field of an event; missing or null: ``default``; of another type: a 400
+    (API Gateway never sends one, but anything may invoke the function)."""
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InputError("invalid_event", f"The event's {key} is not a string.")
+    return value
+
+
+def _mapping(event: dict, key: str) -> dict:
+    value = event.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError("invalid_event", f"The event's {key} is not an object.")
+    return value
+
+
 def parse_event(event: dict) -> Request:
-    """The method, path, content type and body bytes of an API Gateway event."""
+    """The method, path, content type and body bytes of an API Gateway event.  Raises
+    InputError (400 invalid_event) for an event whose fields have the wrong types."""
     if not isinstance(event, dict):
         raise InputError("invalid_event", "The event is not an API Gateway request.")
-    if event.get("version") == "2.0" or "requestContext" in event and "http" in event.get("requestContext", {}):
-        http = event.get("requestContext", {}).get("http", {})
-        method = http.get("method", "")
-        path = event.get("rawPath") or http.get("path", "")
-        stage = event.get("requestContext", {}).get("stage", "$default")
+    context = event.get("requestContext")
+    context = context if isinstance(context, dict) else {}
+    if event.get("version") == "2.0" or "http" in context:
+        http = context.get("http")
+        http = http if isinstance(http, dict) else {}
+        method = _field(http, "method")
+        path = _field(event, "rawPath") or _field(http, "path")
+        stage = context.get("stage")
+        stage = stage if isinstance(stage, str) else "$default"
         if stage != "$default" and path.startswith(f"/{stage}/"):
             path = path[len(stage) + 1:]
         raw_query = event.get("rawQueryString")
         query = dict(parse_qsl(raw_query, keep_blank_values=True)) if isinstance(raw_query, str) \
             else event.get("queryStringParameters")
     else:
-        method = event.get("httpMethod", "")
-        path = event.get("path") or event.get("resource") or ""
+        method = _field(event, "httpMethod")
+        path = _field(event, "path") or _field(event, "resource")
         query = event.get("queryStringParameters")
     query = {str(k): str(v) for k, v in query.items()} if isinstance(query, dict) else {}
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items() if v is not None}
+    headers = {str(k).lower(): str(v) for k, v in _mapping(event, "headers").items() if v is not None}
     header = headers.get("content-type", "")
-    body = event.get("body") or ""
-    if event.get("isBase64Encoded"):
+    body = event.get("body")
+    if body is None:
+        body = ""
+    elif not isinstance(body, (str, bytes, bytearray)):
+        raise InputError("invalid_event", "The event's body is not a string.")
+    encoded = event.get("isBase64Encoded")
+    if encoded is not None and not isinstance(encoded, bool):
+        raise InputError("invalid_event", "The event's isBase64Encoded is not a boolean.")
+    if encoded:
         try:
             data = base64.b64decode(body, validate=False)
         except (binascii.Error, ValueError) as exc:
@@ -129,7 +161,7 @@ def extract_image(request: Request) -> bytes:
     if ctype == JSON or ctype.endswith("+json"):
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise InputError("invalid_json", "The body is not valid JSON.") from exc
         if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
             raise InputError("missing_image", 'The JSON body needs a string field "image" (base64 of the image).')
