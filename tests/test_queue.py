@@ -25,7 +25,6 @@ from local.events import sqs_event, sqs_message
 BUCKET = "emotion-uploads-123456789012-ap-northeast-2-queue"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = b"\xff\xd8\xff\xe0 not really a JPEG"
-VOLATILE = ("processed_at", "version_id")
 
 
 @pytest.fixture(autouse=True)
@@ -61,17 +60,10 @@ def drain(sqs, queue_url: str, limit_s: float = 120) -> list[dict]:
 
 def results(s3) -> dict[str, list[dict]]:
     """Every version of every result: key -> [result, ...]."""
-    found: dict[str, list[dict]] = {}
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix="results/"):
-        for v in page.get("Versions", []):
-            body = s3.get_object(Bucket=BUCKET, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
-            found.setdefault(v["Key"], []).append(json.loads(body))
-    return found
+    return queue.result_versions(s3, BUCKET)
 
 
-def same_answer(versions: list[dict]) -> bool:
-    return len({json.dumps({k: v for k, v in r.items() if k not in VOLATILE}, sort_keys=True)
-                for r in versions}) == 1
+same_answer = queue.same_answer
 
 
 def test_an_upload_goes_through_the_queue_and_the_test_event_is_ignored(stack):

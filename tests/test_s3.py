@@ -13,7 +13,6 @@ import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import quote_plus
 
 # Before anything creates a boto3 client or loads the pipeline: fake credentials, the
@@ -33,6 +32,7 @@ from PIL import Image  # noqa: E402
 from emotion import rekognition  # noqa: E402
 from handlers import runtime  # noqa: E402
 from handlers import s3 as handler  # noqa: E402
+from local import queue  # noqa: E402
 from local.events import sqs_event, sqs_message  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +64,7 @@ FACE_64 = jpeg("astronaut.jpg", (150, 40, 300, 190), (64, 64))
 NO_FACE = jpeg("coffee.jpg", (0, 0, 300, 200), (96, 64))
 
 
-def context() -> SimpleNamespace:
-    return SimpleNamespace(function_name="EmotionS3Function", memory_limit_in_mb=1769,
-                           invoked_function_arn="arn:aws:lambda:ap-northeast-2:123456789012:function:EmotionS3Function",
-                           aws_request_id="c6af9ac6-7b61-11e6-9a41-93e8deadbeef")
+context = queue.context  # the upload function's
 
 
 def invoke(*records: dict) -> dict:

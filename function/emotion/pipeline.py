@@ -82,7 +82,8 @@ class FallbackBudget:
         return {"code": BUDGET_EXCEEDED, "message": message}
 
 
-def _ms(start: float) -> float:
+def ms_since(start: float) -> float:
+    """Milliseconds since ``start`` (time.perf_counter), for the logs."""
     return round((time.perf_counter() - start) * 1000.0, 2)
 
 
@@ -142,7 +143,7 @@ class Pipeline:
                     if remote:
                         faces, source = remote, "rekognition"
                 finally:
-                    timings["fallback_ms"] = _ms(started)
+                    timings["fallback_ms"] = ms_since(started)
         best = max(faces, key=lambda f: f["confidence"], default=None)
         result = {
             "emotion": best["emotion"] if best else None,
@@ -165,7 +166,7 @@ class Pipeline:
             return decode(data, s.max_image_bytes, s.max_image_pixels, min_side=self.detector.max_side)
         finally:
             if timings is not None:
-                timings["decode_ms"] = _ms(started)
+                timings["decode_ms"] = ms_since(started)
 
     def local_faces(self, image: DecodedImage, timings: dict | None = None) -> list[dict]:
         """The faces the detector finds, classified in one batch; or the whole picture as
@@ -178,7 +179,7 @@ class Pipeline:
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
         found = self.detector.detect(bgr, grey)
         whole = self.detector.face_crop(bgr, grey, found, self.settings.face_crop_max_side)
-        timings["detect_ms"] = _ms(started)
+        timings["detect_ms"] = ms_since(started)
         started = time.perf_counter()
         timings["classify_ms"] = 0.0
         size = self.model.manifest["input"]["size"]
@@ -205,7 +206,7 @@ class Pipeline:
             face.update({"emotion": classes[top], "confidence": round(float(p[top]), 4),
                          "scores": {c: round(float(s), 4) for c, s in zip(classes, p)}, "source": "local"})
             faces.append(face)
-        timings["classify_ms"] = _ms(started)
+        timings["classify_ms"] = ms_since(started)
         return faces
 
     def _wants_fallback(self, faces: list[dict]) -> bool:

@@ -16,6 +16,7 @@ import time
 
 from emotion.annotate import annotate
 from emotion.errors import InputError
+from emotion.pipeline import ms_since
 from handlers import web
 from handlers.http import Request, extract_image, parse_event, wants_jpeg
 from handlers.runtime import analysed_fields, count, logger, metrics, pipeline, record
@@ -51,12 +52,11 @@ def _page(request: Request) -> dict:
             "body": "" if request.method == "HEAD" else body, "isBase64Encoded": False}
 
 
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000.0, 2)
-
-
-def _received(event) -> int:
-    """The body's size as API Gateway delivered it, for requests refused before it was read."""
+def _received(event, request: Request | None) -> int:
+    """The bytes received: the body read, or its size as API Gateway delivered it for a
+    request refused before it was read."""
+    if request is not None:
+        return len(request.body)
     body = event.get("body") if isinstance(event, dict) else None
     if isinstance(body, str):
         return len(body.encode("utf-8", "surrogateescape"))
@@ -80,8 +80,8 @@ def _analyse(request: Request, started: float) -> dict:
                    "X-Emotion": result["emotion"] or "none", "X-Source": result["source"], **SECURITY}
         answer = {"statusCode": 200, "headers": headers, "isBase64Encoded": True,
                   "body": base64.b64encode(annotate(image, result["faces"])).decode("ascii")}
-        fields["annotate_ms"] = _ms(drawn)
-    logger.info("analysed", extra={**fields, "total_ms": _ms(started)})
+        fields["annotate_ms"] = ms_since(drawn)
+    logger.info("analysed", extra={**fields, "total_ms": ms_since(started)})
     return answer
 
 
@@ -90,10 +90,9 @@ def _analyse(request: Request, started: float) -> dict:
 def lambda_handler(event, context):
     started = time.perf_counter()
     allowed = ""
-    received = None
+    request = None
     try:
         request = parse_event(event)
-        received = len(request.body)
         logger.append_keys(path=request.path, method=request.method)
         allowed = _allowed(request.path)
         if request.method not in allowed.split(", "):
@@ -101,12 +100,11 @@ def lambda_handler(event, context):
         if allowed == "POST":
             return _analyse(request, started)
         answer = _page(request)
-        logger.info("served", extra={"status": 200, "bytes": received, "total_ms": _ms(started)})
+        logger.info("served", extra={"status": 200, "bytes": len(request.body), "total_ms": ms_since(started)})
         return answer
     except InputError as exc:
         logger.info("rejected", extra={"status": exc.status, "code": exc.code,
-                                       "bytes": _received(event) if received is None else received,
-                                       "total_ms": _ms(started)})
+                                       "bytes": _received(event, request), "total_ms": ms_since(started)})
         count("ClientErrors")
         answer = response(exc.status, exc.to_dict())
         if exc.status == 405:
@@ -114,8 +112,8 @@ def lambda_handler(event, context):
         return answer
     except Exception:  # a bug of ours: logged with its trace, never shown to the client
         logger.exception("unexpected error", extra={"status": 500, "code": "internal_error",
-                                                    "bytes": _received(event) if received is None else received,
-                                                    "total_ms": _ms(started)})
+                                                    "bytes": _received(event, request),
+                                                    "total_ms": ms_since(started)})
         count("ServerErrors")
         return response(500, {"error": {"code": "internal_error",
                                         "message": "The image could not be analysed; please try again."}})

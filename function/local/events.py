@@ -81,14 +81,14 @@ def rest_api_event(method: str, path: str, headers: dict[str, str], body: bytes 
 class LambdaContext:
     """Enough of Lambda's context object for Powertools and our handlers."""
 
-    function_name = "EmotionFunction"
     function_version = "$LATEST"
-    invoked_function_arn = "arn:aws:lambda:ap-northeast-2:123456789012:function:EmotionFunction"
     memory_limit_in_mb = 1769
-    log_group_name = "/aws/lambda/EmotionFunction"
     log_stream_name = "local"
 
-    def __init__(self, timeout_s: float = 25.0):
+    def __init__(self, timeout_s: float = 25.0, function_name: str = "EmotionFunction"):
+        self.function_name = function_name
+        self.invoked_function_arn = f"arn:aws:lambda:ap-northeast-2:123456789012:function:{function_name}"
+        self.log_group_name = f"/aws/lambda/{function_name}"
         self.aws_request_id = str(uuid.uuid4())
         self._deadline = time.monotonic() + timeout_s
 

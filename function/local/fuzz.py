@@ -796,8 +796,10 @@ def generate(index: int, seed: int, kinds: tuple[str, ...] | None = None) -> Cas
 
 # ---------------------------------------------------------------- checking the answers
 
-@lru_cache(maxsize=1)
-def validators():
+@lru_cache(maxsize=None)
+def schema_validator(name: str):
+    """A JSON Schema 2020-12 validator of the contract's components/schemas/<name>, its
+    refs resolved in the contract (function/web/openapi.yaml)."""
     import yaml
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
@@ -805,8 +807,7 @@ def validators():
 
     spec = yaml.safe_load(CONTRACT.read_text())
     registry = Registry().with_resource("urn:contract", Resource.from_contents(spec, default_specification=DRAFT202012))
-    return {name: Draft202012Validator({"$ref": f"urn:contract#/components/schemas/{name}"}, registry=registry)
-            for name in ("Analysis", "Error")}
+    return Draft202012Validator({"$ref": f"urn:contract#/components/schemas/{name}"}, registry=registry)
 
 
 def _route(event) -> tuple[str, str] | None:
@@ -834,7 +835,7 @@ def check(case: Case, answer) -> str | None:
             payload = json.loads(body)
         except (TypeError, ValueError):
             return f"{status} whose body is not JSON: {str(body)[:100]}"
-        errors = [e.message for e in validators()["Error"].iter_errors(payload)]
+        errors = [e.message for e in schema_validator("Error").iter_errors(payload)]
         if errors:
             return f"{status} body outside the Error schema: {errors[0][:150]}"
         if payload["error"]["code"] == "internal_error":
@@ -869,7 +870,7 @@ def check(case: Case, answer) -> str | None:
         payload = json.loads(body)
     except (TypeError, ValueError):
         return f"200 whose body is not JSON: {str(body)[:100]}"
-    errors = [e.message for e in validators()["Analysis"].iter_errors(payload)]
+    errors = [e.message for e in schema_validator("Analysis").iter_errors(payload)]
     return f"200 body outside the Analysis schema: {errors[0][:150]}" if errors else None
 
 
@@ -890,7 +891,7 @@ def run(n: int, seed: int, kinds: tuple[str, ...] | None = None, start: int = 0,
     from handlers import api
     from local.events import LambdaContext
 
-    validators()
+    schema_validator("Analysis"), schema_validator("Error")  # built before the clock runs
     corpus()
     undo = _fallback_off()
     per_kind: dict[str, dict] = {}

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
 
-from local.events import sqs_event, sqs_message
+from local.events import LambdaContext, sqs_event, sqs_message
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 
@@ -47,7 +45,7 @@ def load_template(path: Path = TEMPLATE) -> dict:
     return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 -- a safe loader
 
 
-def notification_configuration(queue_arn: str, upload_prefix: str, template: dict | None = None) -> dict:
+def notification_configuration(arn: str, upload_prefix: str, template: dict | None = None) -> dict:
     """The bucket's NotificationConfiguration as the template writes it, for this queue and prefix."""
     template = template or load_template()
     bucket = template["Resources"]["UploadBucket"]["Properties"]
@@ -55,7 +53,7 @@ def notification_configuration(queue_arn: str, upload_prefix: str, template: dic
     for config in bucket["NotificationConfiguration"]["QueueConfigurations"]:
         rules = [{"Name": r["Name"], "Value": upload_prefix if r["Value"] == {"Ref": "UploadPrefix"} else r["Value"]}
                  for r in config["Filter"]["S3Key"]["Rules"]]
-        configs.append({"Events": [config["Event"]], "QueueArn": queue_arn, "Filter": {"Key": {"FilterRules": rules}}})
+        configs.append({"Events": [config["Event"]], "QueueArn": arn, "Filter": {"Key": {"FilterRules": rules}}})
     return {"QueueConfigurations": configs}
 
 
@@ -70,30 +68,60 @@ def queue_settings(template: dict | None = None) -> dict:
             "upload_prefix": params["UploadPrefix"]}
 
 
+_ARNS: dict[str, str] = {}
+
+
+def queue_arn(sqs, queue_url: str) -> str:
+    """The queue's ARN (asked once per URL: it never changes)."""
+    if queue_url not in _ARNS:
+        _ARNS[queue_url] = sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return _ARNS[queue_url]
+
+
 def create(s3, sqs, bucket: str, upload_prefix: str = "uploads/", max_receive_count: int = 5,
            visibility_timeout: int = 360, versioned: bool = True) -> tuple[str, str]:
     """The bucket, its upload queue and the dead-letter queue: (queue URL, DLQ URL)."""
     dlq_url = sqs.create_queue(QueueName=f"{bucket}-failed-uploads")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq_arn = queue_arn(sqs, dlq_url)
     queue_url = sqs.create_queue(QueueName=f"{bucket}-uploads", Attributes={
         "VisibilityTimeout": str(visibility_timeout),
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}),
     })["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     region = s3.meta.region_name
     s3.create_bucket(Bucket=bucket, **({} if region == "us-east-1" else
                                         {"CreateBucketConfiguration": {"LocationConstraint": region}}))
     if versioned:
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     s3.put_bucket_notification_configuration(
-        Bucket=bucket, NotificationConfiguration=notification_configuration(queue_arn, upload_prefix))
+        Bucket=bucket, NotificationConfiguration=notification_configuration(queue_arn(sqs, queue_url), upload_prefix))
     return queue_url, dlq_url
 
 
-def context(function_name: str = "EmotionS3Function") -> SimpleNamespace:
-    """Enough of a Lambda context for Powertools."""
-    return SimpleNamespace(function_name=function_name, memory_limit_in_mb=1769, aws_request_id=str(uuid.uuid4()),
-                           invoked_function_arn=f"arn:aws:lambda:ap-northeast-2:123456789012:function:{function_name}")
+def context() -> LambdaContext:
+    """The upload function's context (its timeout is 60 s)."""
+    return LambdaContext(timeout_s=60.0, function_name="EmotionS3Function")
+
+
+# What differs between two writes of the same answer (handlers.s3 writes them again on a retry).
+VOLATILE = ("processed_at", "version_id")
+
+
+def result_versions(s3, bucket: str, prefix: str = "results/") -> dict[str, list[dict]]:
+    """Every version of every result: key -> [result, ...], newest first.  One listing
+    for all (moto's listing costs time and memory with every object in the bucket)."""
+    found: dict[str, list[dict]] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for v in page.get("Versions", []):
+            body = s3.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
+            found.setdefault(v["Key"], []).append(json.loads(body))
+    return found
+
+
+def same_answer(versions: list[dict]) -> bool:
+    """Whether every write of a result says the same, apart from VOLATILE."""
+    return len({json.dumps({k: v for k, v in r.items() if k not in VOLATILE}, sort_keys=True)
+                for r in versions}) == 1
 
 
 def depth(sqs, queue_url: str) -> int:
@@ -106,7 +134,6 @@ def depth(sqs, queue_url: str) -> int:
 def poll(sqs, queue_url: str, handler, batch_size: int = 10, wait_seconds: int = 1) -> dict:
     """One batch through ``handler``, as the event source mapping runs it:
     ``{"messages", "failed", "handler_s"}`` (0 messages when the queue had none)."""
-    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     received: list[dict] = []
     while len(received) < batch_size:
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=min(10, batch_size - len(received)),
@@ -117,6 +144,7 @@ def poll(sqs, queue_url: str, handler, batch_size: int = 10, wait_seconds: int =
         received += got
     if not received:
         return {"messages": 0, "failed": 0, "handler_s": 0.0}
+    arn = queue_arn(sqs, queue_url)
     event = sqs_event(*(sqs_message(m["Body"], message_id=m["MessageId"], receipt_handle=m["ReceiptHandle"],
                                     receive_count=int(m["Attributes"]["ApproximateReceiveCount"]),
                                     sent_ms=int(m["Attributes"]["SentTimestamp"]), queue_arn=arn)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FACES = ROOT.parent / "shared" / "data" / "faces"
-VOLATILE = ("processed_at", "version_id")  # differ between two writes of the same answer
 
 
 def photos(limit: int = 60) -> list[tuple[str, bytes]]:
@@ -90,30 +89,18 @@ def worker(index: int, queue_url: str, batch_size: int, inject: float, stop, sta
     stats.put(done)
 
 
-def result_versions(s3, bucket: str, prefix: str = "results/") -> dict[str, list[dict]]:
-    """Every version of every result: key -> [result, ...], newest first.  One listing
-    for all (moto's listing costs time and memory with every object in the bucket)."""
-    found: dict[str, list[dict]] = {}
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
-        for v in page.get("Versions", []):
-            body = s3.get_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])["Body"].read()
-            found.setdefault(v["Key"], []).append(json.loads(body))
-    return found
-
-
 def report(s3, sqs, bucket, keys, queue_url, dlq_url, stats, wall, handler_mod) -> dict:
     from local import queue
 
     expected = sorted(set(keys))
     results, differing, errors = {}, [], {}
-    written = result_versions(s3, bucket)
+    written = queue.result_versions(s3, bucket)
     for key in expected:
         versions = written.get(handler_mod.result_key(key))
         if not versions:
             continue
         results[key] = versions[0]
-        stripped = {json.dumps({k: v for k, v in r.items() if k not in VOLATILE}, sort_keys=True) for r in versions}
-        if len(stripped) > 1 and len({r.get("etag") for r in versions}) == 1:
+        if not queue.same_answer(versions) and len({r.get("etag") for r in versions}) == 1:
             differing.append(key)  # the same bytes answered two ways
         if versions[0]["status"] == "error":
             errors[key] = versions[0]["error"]["code"]
