@@ -1,5 +1,6 @@
 """Training's CPU path (issue 20): FER+ soft labels from the real votes, a training step on
-them, and a run that is stopped and resumed continuing the same schedule.
+them, distillation from the shipped network, and a run that is stopped and resumed
+continuing the same schedule.
 
 Real: the FER2013 rows and FER+ votes in ../shared, the real network and training loop
 (on a few rows, so that it runs in seconds)."""
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from training import train as train_module
-from training.common import DEFAULT_DATA, TRAINING, fixed_sample, load_split, to_tensor
+from training.common import DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, fixed_sample, load_split, to_tensor
 from training.ferplus import (DEFAULT_VOTES, FER2013_FROM_FERPLUS, FERPLUS_COLUMNS, load_split_index, load_votes,
                               soft_targets)
 from training.network import ResNet
@@ -100,6 +101,56 @@ def test_a_step_on_soft_targets_lowers_their_loss(training_rows):
     assert soft_loss() < before - 0.1, (before, soft_loss())
 
 
+SHIPPED = ROOT / "layers" / "model"
+
+
+def test_the_teachers_see_each_their_own_normalisation():
+    """The student's batch may be normalised otherwise than a teacher's own input: the
+    teachers' probabilities do not depend on it, and they are the shipped network's
+    answers (flip-averaged), right on real PublicTest faces about as often as its manifest says."""
+    images, labels = fixed_sample(*load_split(DEFAULT_DATA, PUBLIC_TEST), n=120)
+    probs = []
+    for mean, std in ((0.5, 0.25), (0.0, 1.0)):
+        teachers = train_module.Teachers([SHIPPED], mean, std, "cpu", bf16=False)
+        probs.append(teachers.probabilities(to_tensor(images, mean, std), temperature=1.0))
+    torch.testing.assert_close(probs[0], probs[1], atol=1e-4, rtol=0)
+    torch.testing.assert_close(probs[0].sum(1), torch.ones(120), atol=1e-5, rtol=0)
+    accuracy = float((probs[0].argmax(1).numpy() == labels).mean())
+    assert accuracy > 0.6, accuracy
+    # a higher temperature softens the target without changing its ranking
+    soft = teachers.probabilities(to_tensor(images, 0.0, 1.0), temperature=4.0)
+    assert float(soft.max(1).values.mean()) < float(probs[1].max(1).values.mean())
+
+
+def test_distillation_loss_drops_in_a_few_steps(training_rows):
+    """A new network trained on 32 real Training faces against the shipped network's
+    softened answers comes closer to them in a few steps."""
+    images, labels, _, _ = training_rows
+    rows = np.sort(np.random.default_rng(5).choice(len(labels), 32, replace=False))
+    mean, std = images.mean() / 255.0, images.std() / 255.0
+    x, y = to_tensor(images[rows], mean, std), torch.from_numpy(labels[rows])
+    teacher = train_module.Teachers([SHIPPED], mean, std, "cpu", bf16=False).probabilities(x, temperature=2.0)
+    torch.manual_seed(0)
+    model = ResNet().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
+
+    def distillation_loss() -> float:  # batch statistics as in training, no dropout
+        model.train()
+        for layer in (model.drop1, model.drop2, model.drop3):
+            layer.eval()
+        with torch.no_grad():
+            return float(train_module.distillation_loss(model(x.contiguous(memory_format=torch.channels_last)),
+                                                        teacher, 2.0))
+
+    before = distillation_loss()
+    for _ in range(5):
+        loss, _ = train_module.train_step(model, optimizer, x, y, 0.1, bf16=False, teacher=teacher,
+                                          distil_weight=1.0, distil_temperature=2.0)
+        assert np.isfinite(loss)
+    after = distillation_loss()
+    assert after < 0.8 * before, (before, after)
+
+
 class Stop(Exception):
     pass
 
@@ -107,14 +158,15 @@ class Stop(Exception):
 def run(tmp: Path, *extra: str) -> list[str]:
     args = ["--limit", "40", "--batch-size", "16", "--epochs", "2", "--save-every", "1", "--no-export",
             "--no-bf16", "--threads", "2", "--seed", "3", "--lr", "1e-3", "--checkpoint-dir", str(tmp),
-            "--soft-labels", str(DEFAULT_VOTES), "--keep-epochs", "2", *extra]
+            "--soft-labels", str(DEFAULT_VOTES), "--keep-epochs", "2", "--teacher", str(SHIPPED), *extra]
     return args
 
 
 def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
     """Stopped after its fourth step (the second epoch's first), a run resumed from its
     checkpoint sees the same batches with the same augmentation, at the same learning
-    rates, and ends with the same weights as a run that was never stopped."""
+    rates, against the same targets (FER+ votes and a teacher), and ends with the same
+    weights as a run that was never stopped."""
     seen = {"whole": [], "stopped": []}
     original = train_module.train_step
 
@@ -122,7 +174,8 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
         def step(model, optimizer, x, y, *rest, **kw):
             if stop_after is not None and len(seen[key]) == stop_after:
                 raise Stop
-            seen[key].append((float(x.sum()), y.tolist(), optimizer.param_groups[0]["lr"]))
+            seen[key].append((float(x.sum()), y.tolist(), optimizer.param_groups[0]["lr"],
+                              float(rest[3].sum())))  # rest: smoothing, bf16, target, teacher
             return original(model, optimizer, x, y, *rest, **kw)
         return step
 
@@ -149,6 +202,8 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
     # another schedule cannot resume this checkpoint
     with pytest.raises(SystemExit, match="other settings"):
         train_module.main(run(tmp_path / "stopped", "--resume", "--soft-weight", "0.7"))
+    with pytest.raises(SystemExit, match="other settings"):
+        train_module.main(run(tmp_path / "stopped", "--resume", "--distil-weight", "0.5"))
 
 
 def test_ferplus_majority_labels(training_rows):

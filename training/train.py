@@ -6,6 +6,11 @@
     python -m training.train --init layers/model --soft-labels ../shared/data/fer2013/ferplus_votes_train_val.npz \
         --lr 2e-4 --epochs 6 --keep-epochs 3       # FER+ soft labels, warm start; then SWA:
     python -m training.average CHECKPOINT_DIR/epoch-00[456].pt --out DIR
+    python -m training.train --teacher RUN_A --teacher RUN_B --teacher RUN_C   # distil an ensemble into one
+
+--teacher (repeatable) distils: the teachers' averaged predictions (each on the augmented
+batch and its mirror image, softened by --distil-temperature) are a second target beside
+the labels, weighted by --distil-weight (Hinton et al., 2015: the soft term scaled by T^2).
 
 --init starts from the weights of a model directory (manifest.json + weights, as in
 layers/model/) and keeps its input normalisation; the new manifest records the sha256
@@ -71,7 +76,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--keep-epochs", type=int, default=0, metavar="K",
                    help="keep the weights of the last K epochs (epoch-NNN.pt in --checkpoint-dir) for "
                         "python -m training.average (stochastic weight averaging)")
+    p.add_argument("--teacher", type=Path, action="append", metavar="MODEL_DIR",
+                   help="distil from this model directory (repeat for an ensemble: their probabilities are averaged)")
+    p.add_argument("--distil-weight", type=float, default=0.7,
+                   help="weight of the teachers' soft target; the rest is the label loss")
+    p.add_argument("--distil-temperature", type=float, default=2.0,
+                   help="temperature of the teachers' and the student's softmax in the soft term")
     return p.parse_args(argv)
+
+
+class Teachers:
+    """An ensemble of trained networks (model directories) whose averaged probabilities,
+    on a batch and its mirror image, are the student's soft target.  Each teacher sees
+    the batch normalised as its own manifest says (the student's batch is normalised by
+    the student's ``mean``/``std``)."""
+
+    def __init__(self, directories: list[Path], mean: float, std: float, device: str, bf16: bool):
+        self.loaded = [load_network(d) for d in directories]
+        for t in self.loaded:
+            t.net.to(device, memory_format=torch.channels_last).eval()
+        self.mean, self.std, self.device, self.bf16 = mean, std, torch.device(device), bf16
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
+        """(N, 7) averaged ``softmax(logits / temperature)`` of every teacher, with flip."""
+        x = x.to(self.device) * self.std + self.mean  # back to pixel / 255
+        total = 0
+        for t in self.loaded:
+            spec = t.manifest["input"]
+            xt = ((x - spec["mean"]) / spec["std"]).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                for view in (xt, torch.flip(xt, dims=[3])):
+                    total = total + torch.softmax(t.net(view).float() / temperature, dim=1)
+        return total / (2 * len(self.loaded))
+
+    def describe(self) -> list[dict]:
+        return [{"sha256": t.sha256, "accuracy_flip": t.manifest.get("metrics", {}).get("accuracy_flip"),
+                 "command": t.manifest.get("training", {}).get("command")} for t in self.loaded]
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy of the student's ``softmax(logits / T)`` against the teachers'
+    probabilities (at the same T), times T^2 so that its gradients keep their scale as T
+    changes (it differs from the KL divergence by the teachers' entropy, a constant)."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    return -(teacher_probs * log_p).sum(dim=1).mean() * temperature ** 2
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tensor:
@@ -106,10 +155,13 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
 
 
 def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
-               target: torch.Tensor | None = None) -> tuple[float, float]:
+               target: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
+               distil_weight: float = 0.0, distil_temperature: float = 1.0) -> tuple[float, float]:
     """One optimisation step; returns (loss, accuracy against ``y``) on the batch.
     ``target``: soft targets (N, 7) that sum to 1 (FER+ votes), which replace ``y`` and
-    label smoothing in the loss (cross-entropy against a distribution)."""
+    label smoothing in the label loss (cross-entropy against a distribution).
+    ``teacher``: the teachers' probabilities (N, 7) at ``distil_temperature``; the loss is
+    then ``distil_weight * distillation_loss + (1 - distil_weight) * label loss``."""
     model.train()
     device = next(model.parameters()).device
     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -119,6 +171,9 @@ def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         else:
             loss = -(target.to(device) * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+        if teacher is not None:
+            loss = (distil_weight * distillation_loss(logits, teacher.to(device), distil_temperature)
+                    + (1 - distil_weight) * loss)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -127,7 +182,9 @@ def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
 
 def checkpoint_args(args: argparse.Namespace) -> dict:
     """The command's settings as a checkpoint records them (paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    def plain(v):
+        return str(v) if isinstance(v, Path) else [plain(i) for i in v] if isinstance(v, list) else v
+    return {k: plain(v) for k, v in vars(args).items()}
 
 
 def git_commit() -> str:
@@ -163,6 +220,9 @@ def main(argv=None) -> int:
         index = load_split_index(args.data, TRAINING)[:len(train_y)]
         targets_t = torch.from_numpy(soft_targets(load_votes(args.soft_labels, index), train_y, index,
                                                   args.soft_weight))
+    if not 0.0 <= args.distil_weight <= 1.0 or args.distil_temperature <= 0:
+        sys.exit("--distil-weight must be in [0, 1] and --distil-temperature above 0")
+    teachers = Teachers(args.teacher, mean, std, args.device, args.bf16) if args.teacher else None
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
     torch.manual_seed(args.seed)
@@ -177,7 +237,8 @@ def main(argv=None) -> int:
         ckpt = torch.load(last, map_location=args.device, weights_only=False)
         # a setting a checkpoint lacks was made before the setting existed: its default then
         now, before = checkpoint_args(args), {**checkpoint_args(parse_args([])), **ckpt["args"]}
-        same = ("epochs", "batch_size", "lr", "seed", "soft_labels", "soft_weight")
+        same = ("epochs", "batch_size", "lr", "seed", "soft_labels", "soft_weight", "teacher", "distil_weight",
+                "distil_temperature")
         if any(before[k] != now[k] for k in same):
             sys.exit(f"{last} was made with other settings ("
                      + ", ".join(f"--{k.replace('_', '-')} {before[k]}" for k in same)
@@ -220,7 +281,9 @@ def main(argv=None) -> int:
             torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
             x = augment(train_t[idx], gen, args.erasing)
             loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16,
-                                   None if targets_t is None else targets_t[idx])
+                                   None if targets_t is None else targets_t[idx],
+                                   teachers.probabilities(x, args.distil_temperature) if teachers else None,
+                                   args.distil_weight, args.distil_temperature)
             scheduler.step()
             sums[0] += loss * len(idx)
             sums[1] += acc * len(idx)
@@ -265,6 +328,10 @@ def main(argv=None) -> int:
                                                      "votes_sha256": sha256_file(args.soft_labels),
                                                      "weight": args.soft_weight,
                                                      "recipe": "training/ferplus.py"}} if args.soft_labels else {}),
+                                 **({"distillation": {"teachers": teachers.describe(),
+                                                      "weight": args.distil_weight,
+                                                      "temperature": args.distil_temperature,
+                                                      "teacher_flip": True}} if teachers else {}),
                                  **({"init": {"sha256": init.sha256, "training": init.manifest.get("training")}}
                                     if init else {}),
                                  "seconds": round(state["seconds"]), "torch": torch.__version__,
