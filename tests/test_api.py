@@ -48,7 +48,7 @@ def contains(box: dict, point: tuple[int, int]) -> bool:
 def assert_answer_schema(body: dict) -> None:
     assert set(body) >= {"emotion", "faces", "source", "image", "model"}
     assert body["model"] == {"name": "resnet9", "sha256": api.pipeline.model.sha256,  # the answering pipeline's
-                             "precision": api.pipeline.model.precision}
+                             "precision": api.pipeline.model.precision, "flip_average": api.pipeline.model.flip}
     for face in body["faces"]:
         assert set(face) >= {"box", "emotion", "confidence", "scores", "source"}
         assert set(face["box"]) == {"x", "y", "width", "height"}
@@ -170,6 +170,32 @@ def test_model_precision_setting(monkeypatch):
     assert Settings.from_env().model_precision == ""
     monkeypatch.setenv("MODEL_PRECISION", "fp16")
     with pytest.raises(ValueError, match="MODEL_PRECISION must be one of int8, fp32"):
+        Settings.from_env()
+
+
+def test_model_flip_average_setting(monkeypatch):
+    """Empty: the manifest's choice (flip averaging on); false: one pass per face, the
+    answer saying which; anything else stops the function at init."""
+    event = json.loads((EVENTS / "http-api-group.json").read_text())
+    monkeypatch.delenv("MODEL_FLIP_AVERAGE", raising=False)
+    assert Settings.from_env().model_flip_average is None
+    assert runtime.pipeline.model.flip is True is runtime.pipeline.model.manifest["flip_average"]
+    answers = {}
+    for value in ("false", " TRUE"):
+        monkeypatch.setenv("MODEL_FLIP_AVERAGE", value)
+        settings = Settings.from_env()
+        assert settings.model_flip_average is (value.strip().lower() == "true")
+        monkeypatch.setattr(api, "pipeline", Pipeline(settings))  # the model loaded as the handler loads it
+        status, body = invoke(event)
+        assert status == 200 and body["model"]["flip_average"] is settings.model_flip_average, body
+        assert_answer_schema(body)
+        answers[value] = body
+    # the same faces, the same emotions, scores a little different
+    one, two = answers["false"]["faces"], answers[" TRUE"]["faces"]
+    assert [f["box"] for f in one] == [f["box"] for f in two]
+    assert 0 < max(abs(a["scores"][c] - b["scores"][c]) for a, b in zip(one, two) for c in CLASSES) < 0.2
+    monkeypatch.setenv("MODEL_FLIP_AVERAGE", "yes")
+    with pytest.raises(ValueError, match="MODEL_FLIP_AVERAGE must be true or false"):
         Settings.from_env()
 
 

@@ -27,7 +27,7 @@ def faces48() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def models():
-    return load_network(MODEL_DIR), load_model(MODEL_DIR, precision="fp32")
+    return load_network(MODEL_DIR), load_model(MODEL_DIR, precision="fp32", flip=False)
 
 
 @pytest.mark.parametrize("batch", [1, 3, 200])
@@ -44,6 +44,25 @@ def test_served_network_equals_eager_fp32_within_1e4(models, faces48, batch):
     # predict: the same logits, divided by the manifest's temperature (tests/test_calibration.py)
     calibrated = softmax(served.logits(faces[:3]) / np.float32(served.temperature))
     assert np.array_equal(served.predict(faces[:3]), calibrated)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_flip_averaging_answers_a_face_and_its_mirror_image_alike(models, faces48, precision):
+    """As the manifest serves it, each face's logits are the mean of its and its mirror
+    image's (the eager network's, for fp32), so a face and its mirror image get the same
+    answer; in one pass they do not always."""
+    eager, _ = models
+    faces, mirrored = faces48[:40], [np.ascontiguousarray(f[:, ::-1]) for f in faces48[:40]]
+    served = load_model(MODEL_DIR, precision=precision)
+    assert served.flip and eager.flip_average
+    np.testing.assert_allclose(served.predict(faces), served.predict(mirrored), atol=1e-5)
+    if precision == "fp32":
+        with torch.inference_mode():
+            x = eager.preprocess(faces)
+            expected = (eager.net(x) + eager.net(torch.flip(x, dims=[3]))) / 2
+        assert np.abs(served.logits(faces) - expected.numpy()).max() < 1e-4
+    one_pass = load_model(MODEL_DIR, precision=precision, flip=False)
+    assert np.abs(one_pass.predict(faces) - one_pass.predict(mirrored)).max() > 0.05
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -225,3 +225,18 @@ def test_ferplus_majority_labels(training_rows):
     kept = majority >= 0
     assert 0.8 < kept.mean() < 1.0, kept.mean()
     assert (majority[kept] == labels[kept]).mean() > 0.6
+
+
+def test_the_manifest_reports_ferplus_majority_accuracy(publictest, publictest_logits):
+    """The manifest's FER+ majority-vote figure (flip-averaged, as served) is what the
+    served fp32 graph scores against the FER+ majority of the real PublicTest votes."""
+    from training.ferplus import majority_accuracy, majority_labels
+    manifest = json.loads((SHIPPED / "manifest.json").read_text())
+    recorded = manifest["metrics"]["ferplus_majority"]
+    index = load_split_index(DEFAULT_DATA, PUBLIC_TEST)
+    majority = majority_labels(load_votes(DEFAULT_VOTES, index), index)
+    measured = majority_accuracy(publictest_logits("fp32").argmax(1), majority)
+    assert manifest["flip_average"] and measured["n"] == recorded["flip"]["n"] == 3372
+    assert measured["accuracy"] == pytest.approx(recorded["flip"]["accuracy"], abs=2e-3)
+    # FER+'s labels are another question than FER2013's: the figures differ, but not by much
+    assert abs(recorded["flip"]["accuracy"] - manifest["metrics"]["accuracy_flip"]) < 0.05

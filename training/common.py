@@ -185,7 +185,24 @@ def shipped_metrics(loaded: TorchModel, images: np.ndarray, labels: np.ndarray,
            "sample": sample_figures(s_labels, sample_probs(loaded, s_images))}
     if data is not None:
         out.update(data=data.name, data_sha256=sha256_file(data))
+        votes = data.with_name("ferplus_votes_train_val.npz")
+        if votes.exists() and has_usage(data):
+            with np.load(data) as arrays:
+                index = arrays["index"][arrays["usage"] == PUBLIC_TEST]
+            if len(index) == len(labels):  # all of PublicTest (not training's --limit)
+                out["ferplus_majority"] = ferplus_majority(full["predicted"], index, votes)
     return out
+
+
+def ferplus_majority(predicted: dict, index: np.ndarray, votes: Path) -> dict:
+    """Accuracy of predictions (``evaluate``'s ``predicted``) of the rows whose original
+    csv row numbers are ``index`` against FER+'s majority labels (training/ferplus.py),
+    plain and flip-averaged."""
+    from training.ferplus import load_votes, majority_accuracy, majority_labels
+    majority = majority_labels(load_votes(votes, index), index)
+    return {"labels": "FER+ majority vote among the ten columns, rows led by one of the seven shared classes",
+            "votes_sha256": sha256_file(votes),
+            **{k: majority_accuracy(predicted[k], majority) for k in ("plain", "flip")}}
 
 
 def update_manifest(model_dir: Path, images: np.ndarray, labels: np.ndarray, full: dict | None = None,
@@ -218,6 +235,6 @@ def set_manifest_key(model_dir: Path, key: str, value, expected: dict) -> dict:
 
 
 __all__ = ["CLASSES", "DEFAULT_DATA", "PUBLIC_TEST", "ROOT", "ResNet", "SAMPLE_N", "SAMPLE_SEED", "TRAINING",
-           "evaluate", "evaluate_loaded", "fixed_sample", "has_usage", "input_spec", "load_publictest", "load_split", "metrics",
+           "evaluate", "evaluate_loaded", "ferplus_majority", "fixed_sample", "has_usage", "input_spec", "load_publictest", "load_split", "metrics",
            "predict_probs", "sample_figures", "sample_probs", "sha256_file", "shipped_metrics", "to_tensor",
            "update_manifest"]

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import (CLASSES, DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, evaluate_loaded, fixed_sample,
-                             has_usage, load_split, update_manifest)
+from training.common import (CLASSES, DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, evaluate_loaded, ferplus_majority,
+                             fixed_sample, has_usage, load_split, update_manifest)
 from emotion.model import WeightsError  # noqa: E402  (path set up by training.common)
 from training.network import load_network  # noqa: E402
 
@@ -189,14 +189,9 @@ def main(argv=None) -> int:
               "classes": list(CLASSES), "plain": result["plain"], "flip": result["flip"]}
     votes_path = args.ferplus or args.data.with_name("ferplus_votes_train_val.npz")
     if usage and not args.sample and votes_path.exists():
-        from training.ferplus import load_votes, majority_accuracy, majority_labels
         with np.load(args.data) as data:
             index = data["index"] if SPLITS[args.split] is None else data["index"][data["usage"] == SPLITS[args.split]]
-        majority = majority_labels(load_votes(votes_path, index), index)
-        report["ferplus_majority"] = {
-            "labels": "FER+ majority vote among the ten columns, rows led by one of the seven shared classes",
-            "plain": majority_accuracy(result["predicted"]["plain"], majority),
-            "flip": majority_accuracy(result["predicted"]["flip"], majority)}
+        report["ferplus_majority"] = ferplus_majority(result["predicted"], index, votes_path)
 
     if not args.no_png:
         p, f = result["plain"], result["flip"]

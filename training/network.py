@@ -106,10 +106,14 @@ class TorchModel(Described):
 
     @torch.inference_mode()
     def predict(self, faces) -> np.ndarray:
-        """Calibrated probabilities, as the Lambda's ``predict``: softmax(logits / temperature)."""
+        """Calibrated probabilities, as the Lambda's ``predict``: softmax(logits / temperature),
+        the logits averaged with the mirror image's when the manifest says ``flip_average``."""
         device = next(self.net.parameters()).device
-        logits = self.net(self.preprocess(faces).to(device))
-        return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
+        x = self.preprocess(faces).to(device)
+        logits = self.net(x).float()
+        if self.flip_average:
+            logits = (logits + self.net(torch.flip(x, dims=[3])).float()) / 2
+        return torch.softmax(logits / self.temperature, dim=1).cpu().numpy()
 
 
 def load_network(directory: Path | str) -> TorchModel:

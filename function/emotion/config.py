@@ -19,6 +19,7 @@ def _env(name: str, default: str) -> str:
 class Settings:
     model_dir: Path = Path("/opt/model")
     model_precision: str = ""        # int8 | fp32; empty: the manifest's "serves"
+    model_flip_average: bool | None = None  # None: the manifest's "flip_average"
     fallback_mode: str = "no-face"
     confidence_threshold: float = 0.55
     rekognition_region: str = "ap-northeast-2"
@@ -46,6 +47,9 @@ class Settings:
         precision = os.environ.get("MODEL_PRECISION", "").strip().lower()
         if precision and precision not in PRECISIONS:
             raise ValueError(f"MODEL_PRECISION must be one of {', '.join(PRECISIONS)} (or empty), not {precision!r}")
+        flip = os.environ.get("MODEL_FLIP_AVERAGE", "").strip().lower()
+        if flip not in ("", "true", "false"):
+            raise ValueError(f"MODEL_FLIP_AVERAGE must be true or false (or empty), not {flip!r}")
         detector = _env("DETECTOR", cls.detector).lower()
         if detector not in DETECTORS:
             raise ValueError(f"DETECTOR must be one of {', '.join(DETECTORS)}, not {detector!r}")
@@ -56,6 +60,7 @@ class Settings:
         return cls(
             model_dir=Path(_env("MODEL_DIR", str(default_model_dir()))),
             model_precision=precision,
+            model_flip_average=None if not flip else flip == "true",
             fallback_mode=mode,
             fallback_max_per_minute=per_minute,
             confidence_threshold=float(_env("CONFIDENCE_THRESHOLD", str(cls.confidence_threshold))),

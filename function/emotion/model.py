@@ -7,7 +7,8 @@ int8 (training/quantize.py, held to an accuracy and calibration gate).  The mani
 ``serves`` says which graph serves; ``load_model(..., precision=)`` can choose.  This
 module checks the graph's sha256 against the manifest, runs it with onnxruntime on
 the CPUs the process may use, and turns 48x48 grey crops into class probabilities,
-calibrated by the manifest's temperature.  Nothing here knows about Lambda, API
+calibrated by the manifest's temperature.  When the manifest says ``flip_average``, each
+crop's logits are the mean of the crop's and its mirror image's (one batch of 2N).  Nothing here knows about Lambda, API
 Gateway or S3.
 """
 from __future__ import annotations
@@ -68,6 +69,12 @@ class Described:
         return self.manifest["sha256"]
 
     @property
+    def flip_average(self) -> bool:
+        """Whether the served logits of a crop are the mean of its and its mirror image's
+        (test-time augmentation the manifest's metrics, calibration and int8 gate measured)."""
+        return bool(self.manifest.get("flip_average", False))
+
+    @property
     def temperature(self) -> float:
         """The logits are divided by it before the softmax, so that a confidence of 0.7
         is right about 70 % of the time (the manifest's ``calibration``, fitted by
@@ -88,12 +95,17 @@ class LoadedModel(Described):
     session: ort.InferenceSession
     manifest: dict
     precision: str = "fp32"
+    flip: bool = False
 
     def logits(self, faces: list[np.ndarray]) -> np.ndarray:
         """Logits, shape (len(faces), 7), of 48x48 grey uint8 crops, in one forward pass
-        (not divided by the temperature).  A session may run from several threads at once."""
+        (not divided by the temperature); with ``flip``, the mean of each crop's and its
+        mirror image's, both in that one pass.  A session may run from several threads at once."""
         x = normalise(np.stack(faces), self.manifest["input"])
-        return self.session.run(None, {self._input_name: x})[0].astype(np.float32)
+        if not self.flip:
+            return self.session.run(None, {self._input_name: x})[0].astype(np.float32)
+        both = self.session.run(None, {self._input_name: np.concatenate([x, x[..., ::-1]])})[0]
+        return ((both[:len(x)] + both[len(x):]) / 2).astype(np.float32)
 
     @cached_property
     def _input_name(self) -> str:
@@ -161,12 +173,15 @@ def served_precision(manifest: dict, precision: str | None = None) -> str:
     return chosen
 
 
-def load_model(directory: Path | str, precision: str | None = None, threads: int | None = None) -> LoadedModel:
+def load_model(directory: Path | str, precision: str | None = None, threads: int | None = None,
+               flip: bool | None = None) -> LoadedModel:
     """Load the ONNX graph of ``directory`` in ``precision`` (int8 or fp32; None: what
     the manifest serves), refusing a file whose sha256 differs from the manifest's, and
     run it once on a blank face, so that the session's first-run work (memory plans,
     prepacked weights) belongs to the cold start, not to the first request.
-    ``threads``: the operators' threads (None: one per available CPU)."""
+    ``threads``: the operators' threads (None: one per available CPU).  ``flip``: average
+    each crop with its mirror image (None: as the manifest's ``flip_average`` says; its
+    calibration was fitted for that)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     chosen = served_precision(manifest, precision)
@@ -182,7 +197,8 @@ def load_model(directory: Path | str, precision: str | None = None, threads: int
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception classes, not exported as one base
         raise WeightsError(f"onnxruntime cannot load {spec['file']}: {exc}") from exc
-    model = LoadedModel(session=session, manifest=manifest, precision=chosen)
+    model = LoadedModel(session=session, manifest=manifest, precision=chosen,
+                        flip=bool(manifest.get("flip_average", False)) if flip is None else flip)
     size = manifest["input"]["size"]
     model.predict([np.zeros((size, size), dtype=np.uint8)])
     return model

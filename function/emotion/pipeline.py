@@ -102,14 +102,15 @@ class Pipeline:
                  clock: Callable[[], float] = time.monotonic):
         self.settings = settings
         use_available_cpus()  # OpenCV's threads (detection); the classifier sets its own
-        self.model = model or load_model(settings.model_dir, settings.model_precision or None)
+        self.model = model or load_model(settings.model_dir, settings.model_precision or None,
+                                         flip=settings.model_flip_average)
         self.detector = detector_for(settings)
         self.fallback_budget = FallbackBudget(settings.fallback_max_per_minute, clock)
 
     @property
     def model_info(self) -> dict:
         return {"name": self.model.manifest["architecture"], "sha256": self.model.sha256,
-                "precision": self.model.precision}
+                "precision": self.model.precision, "flip_average": self.model.flip}
 
     def analyse(self, data: bytes, timings: dict | None = None) -> dict:
         """The answer for one image.  Raises emotion.errors.InputError for bad input;
