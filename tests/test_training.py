@@ -240,3 +240,13 @@ def test_the_manifest_reports_ferplus_majority_accuracy(publictest, publictest_l
     assert measured["accuracy"] == pytest.approx(recorded["flip"]["accuracy"], abs=2e-3)
     # FER+'s labels are another question than FER2013's: the figures differ, but not by much
     assert abs(recorded["flip"]["accuracy"] - manifest["metrics"]["accuracy_flip"]) < 0.05
+
+
+def test_a_limited_runs_metrics_leave_out_ferplus(publictest):
+    """training.train --limit evaluates a few PublicTest rows: their manifest metrics are
+    written without the FER+ figure (which needs all of PublicTest), not an IndexError."""
+    from training.common import shipped_metrics
+    from training.network import load_network
+    images, labels = publictest
+    metrics = shipped_metrics(load_network(SHIPPED), images[:40], labels[:40], data=DEFAULT_DATA)
+    assert metrics["n"] == 40 and "ferplus_majority" not in metrics
