@@ -174,12 +174,12 @@ def test_model_precision_setting(monkeypatch):
 
 
 def test_model_flip_average_setting(monkeypatch):
-    """Empty: the manifest's choice (flip averaging on); false: one pass per face, the
-    answer saying which; anything else stops the function at init."""
+    """Empty: the manifest's choice (one pass per face); true: flip averaging, the answer
+    saying which; anything else stops the function at init."""
     event = json.loads((EVENTS / "http-api-group.json").read_text())
     monkeypatch.delenv("MODEL_FLIP_AVERAGE", raising=False)
     assert Settings.from_env().model_flip_average is None
-    assert runtime.pipeline.model.flip is True is runtime.pipeline.model.manifest["flip_average"]
+    assert runtime.pipeline.model.flip is False is runtime.pipeline.model.manifest["flip_average"]
     answers = {}
     for value in ("false", " TRUE"):
         monkeypatch.setenv("MODEL_FLIP_AVERAGE", value)

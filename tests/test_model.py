@@ -295,9 +295,9 @@ def test_preprocessing_agrees_with_training(loaded, served, sample):
     assert torch.equal(to_tensor(images[:16], spec["mean"], spec["std"], spec["scale"]),
                        loaded.preprocess(list(images[:16])))
     # the service's predict gives the torch network's probabilities (the same temperature
-    # and flip averaging applied: tests/test_calibration.py), and in one pass per face the
-    # predictions the sample's figures are computed from
-    assert served.flip and loaded.flip_average  # the manifest's choice
+    # and flip averaging, if any, applied: tests/test_calibration.py), and in one pass per
+    # face the predictions the sample's figures are computed from
+    assert served.flip == loaded.flip_average  # the manifest's choice
     served_probs = served.predict(list(images[:100]))
     np.testing.assert_allclose(served_probs, loaded.predict(images[:100]), atol=1e-4)
     one_pass = load_model(MODEL_DIR, precision="fp32", flip=False).predict(list(images[:100]))

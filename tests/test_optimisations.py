@@ -48,13 +48,13 @@ def test_served_network_equals_eager_fp32_within_1e4(models, faces48, batch):
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_flip_averaging_answers_a_face_and_its_mirror_image_alike(models, faces48, precision):
-    """As the manifest serves it, each face's logits are the mean of its and its mirror
-    image's (the eager network's, for fp32), so a face and its mirror image get the same
-    answer; in one pass they do not always."""
+    """With flip averaging (MODEL_FLIP_AVERAGE=true), each face's logits are the mean of its
+    and its mirror image's (the eager network's, for fp32), so a face and its mirror image
+    get the same answer; in one pass they do not always."""
     eager, _ = models
     faces, mirrored = faces48[:40], [np.ascontiguousarray(f[:, ::-1]) for f in faces48[:40]]
-    served = load_model(MODEL_DIR, precision=precision)
-    assert served.flip and eager.flip_average
+    served = load_model(MODEL_DIR, precision=precision, flip=True)
+    assert served.flip
     np.testing.assert_allclose(served.predict(faces), served.predict(mirrored), atol=1e-5)
     if precision == "fp32":
         with torch.inference_mode():
