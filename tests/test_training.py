@@ -76,6 +76,16 @@ def test_the_mix_keeps_fer2013s_label(training_rows):
         soft_targets(votes, labels, index, weight=1.5)
 
 
+def loss_without_dropout(model: ResNet, x: torch.Tensor, loss) -> float:
+    """``loss(logits)`` of the batch with batch statistics as in training but no dropout,
+    so that two measures of the same weights agree."""
+    model.train()
+    for layer in (model.drop1, model.drop2, model.drop3):
+        layer.eval()
+    with torch.no_grad():
+        return float(loss(model(x.contiguous(memory_format=torch.channels_last))))
+
+
 def test_a_step_on_soft_targets_lowers_their_loss(training_rows):
     images, labels, index, votes = training_rows
     rows = np.sort(np.random.default_rng(3).choice(len(labels), 16, replace=False))
@@ -86,13 +96,8 @@ def test_a_step_on_soft_targets_lowers_their_loss(training_rows):
     model = ResNet().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
 
-    def soft_loss() -> float:  # batch statistics as in training, no dropout
-        model.train()
-        for layer in (model.drop1, model.drop2, model.drop3):
-            layer.eval()
-        with torch.no_grad():
-            return float(-(target * torch.log_softmax(model(x.contiguous(memory_format=torch.channels_last)), 1))
-                         .sum(1).mean())
+    def soft_loss() -> float:
+        return loss_without_dropout(model, x, lambda logits: -(target * torch.log_softmax(logits, 1)).sum(1).mean())
 
     before = soft_loss()
     for _ in range(4):
@@ -134,13 +139,8 @@ def test_distillation_loss_drops_in_a_few_steps(training_rows):
     model = ResNet().to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
 
-    def distillation_loss() -> float:  # batch statistics as in training, no dropout
-        model.train()
-        for layer in (model.drop1, model.drop2, model.drop3):
-            layer.eval()
-        with torch.no_grad():
-            return float(train_module.distillation_loss(model(x.contiguous(memory_format=torch.channels_last)),
-                                                        teacher, 2.0))
+    def distillation_loss() -> float:
+        return loss_without_dropout(model, x, lambda logits: train_module.distillation_loss(logits, teacher, 2.0))
 
     before = distillation_loss()
     for _ in range(5):
