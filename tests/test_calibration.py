@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emotion.model import LoadedModel, load_model, softmax
-from training.calibrate import BINS, expected_calibration_error, fit_temperature, nll, threshold_table
+from emotion.model import LoadedModel, WeightsError, load_model, softmax
+from training.calibrate import (BINS, expected_calibration_error, fit_temperature, nll, threshold_table,
+                               write_calibration)
 from training.common import ROOT, fixed_sample
 
 MODEL_DIR = Path(os.environ.get("MODEL_UNDER_TEST") or ROOT / "layers" / "model")
@@ -135,3 +136,19 @@ def test_default_threshold_sends_the_unsure_faces(served, sample):
     (row,) = threshold_table(probs, labels, thresholds=[Settings.confidence_threshold])
     assert 0.15 < row["sent"] < 0.35, row
     assert row["accuracy_below"] < 0.5 < 0.7 < row["accuracy_above"], row
+
+
+def test_write_calibration_sets_both_keys_once_and_refuses_other_weights(manifest, tmp_path):
+    """The command's write: flip_average and calibration land together, every other key
+    stays; a manifest whose weights changed meanwhile is refused and left as it was."""
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    cal = {**manifest["calibration"], "temperature": 0.61}
+    written = write_calibration(tmp_path, cal, manifest["sha256"], flip=True)
+    assert json.loads((tmp_path / "manifest.json").read_text()) == written
+    assert (written["flip_average"], written["calibration"]["temperature"]) == (True, 0.61)
+    assert {k: v for k, v in written.items() if k not in ("flip_average", "calibration")} == \
+        {k: v for k, v in manifest.items() if k not in ("flip_average", "calibration")}
+    before = (tmp_path / "manifest.json").read_text()
+    with pytest.raises(WeightsError, match="changed while its flip_average, calibration was computed"):
+        write_calibration(tmp_path, manifest["calibration"], "0" * 64, flip=False)
+    assert (tmp_path / "manifest.json").read_text() == before

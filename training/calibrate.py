@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import DEFAULT_DATA, ROOT, load_publictest, set_manifest_key
+from training.common import DEFAULT_DATA, ROOT, load_publictest, set_manifest_keys
 from emotion.model import WeightsError, load_model, softmax  # noqa: E402  (path set up by training.common)
 
 BINS = 15
@@ -215,8 +215,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 def write_calibration(model_dir: Path, calibration: dict, sha256: str, flip: bool) -> dict:
     """Set ``flip_average`` and ``calibration`` in manifest.json, atomically, keeping every other key."""
-    set_manifest_key(model_dir, "flip_average", flip, {"sha256": sha256})
-    return set_manifest_key(model_dir, "calibration", calibration, {"sha256": sha256})
+    return set_manifest_keys(model_dir, {"flip_average": flip, "calibration": calibration}, {"sha256": sha256})
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -215,19 +215,19 @@ def update_manifest(model_dir: Path, images: np.ndarray, labels: np.ndarray, ful
     model_dir = Path(model_dir)
     loaded = loaded or load_network(model_dir)
     new_metrics = shipped_metrics(loaded, images, labels, full=full, data=data)
-    return set_manifest_key(model_dir, "metrics", new_metrics,
-                            {"sha256": loaded.sha256, "weights": loaded.manifest["weights"]})
+    return set_manifest_keys(model_dir, {"metrics": new_metrics},
+                             {"sha256": loaded.sha256, "weights": loaded.manifest["weights"]})
 
 
-def set_manifest_key(model_dir: Path, key: str, value, expected: dict) -> dict:
-    """Set ``key`` in ``model_dir``'s manifest.json, atomically, keeping every other key;
-    refused when the manifest no longer holds ``expected`` (the weights the value was
-    computed for)."""
+def set_manifest_keys(model_dir: Path, values: dict, expected: dict) -> dict:
+    """Set ``values``' keys in ``model_dir``'s manifest.json in one atomic write, keeping
+    every other key; refused when the manifest no longer holds ``expected`` (the weights
+    the values were computed for)."""
     path = Path(model_dir) / "manifest.json"
     manifest = json.loads(path.read_text())
     if any(manifest.get(k) != v for k, v in expected.items()):
-        raise WeightsError(f"{path} changed while its {key} was computed; run again")
-    manifest[key] = value
+        raise WeightsError(f"{path} changed while its {', '.join(values)} was computed; run again")
+    manifest.update(values)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)

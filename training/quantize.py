@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.common import DEFAULT_DATA, ROOT, TRAINING, load_publictest, load_split, set_manifest_key
+from training.common import DEFAULT_DATA, ROOT, TRAINING, load_publictest, load_split, set_manifest_keys
 from training.calibrate import BINS, expected_calibration_error, logits_of
 from emotion.model import WeightsError, load_model, normalise, sha256_bytes, softmax
 
@@ -140,8 +140,7 @@ def main(argv=None) -> int:
         return 1
     if not args.dry_run:
         (args.model_dir / INT8_FILE).write_bytes(graph)
-        set_manifest_key(args.model_dir, "onnx_int8", entry, {"onnx": manifest["onnx"]})
-        set_manifest_key(args.model_dir, "serves", "int8", {"onnx_int8": entry})
+        set_manifest_keys(args.model_dir, {"onnx_int8": entry, "serves": "int8"}, {"onnx": manifest["onnx"]})
         print(f"wrote {args.model_dir / INT8_FILE}; the manifest serves int8", file=sys.stderr)
     return 0
 
