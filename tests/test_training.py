@@ -106,6 +106,80 @@ def test_a_step_on_soft_targets_lowers_their_loss(training_rows):
     assert soft_loss() < before - 0.1, (before, soft_loss())
 
 
+def test_label_targets_are_cross_entropys_label_smoothing(training_rows):
+    """Mixing needs the labels as distributions: against them, the soft cross-entropy is
+    the one F.cross_entropy computes with label smoothing."""
+    _, labels, _, _ = training_rows
+    y = torch.from_numpy(labels[:64])
+    logits = torch.randn(64, 7, generator=torch.Generator().manual_seed(0))
+    for smoothing in (0.0, 0.1):
+        target = train_module.label_targets(y, smoothing)
+        torch.testing.assert_close(target.sum(1), torch.ones(64))
+        soft = -(target * torch.log_softmax(logits, 1)).sum(1).mean()
+        torch.testing.assert_close(soft, torch.nn.functional.cross_entropy(logits, y.long(), label_smoothing=smoothing))
+
+
+def mixed_batch(training_rows, seed: int, mixup: float, cutmix: float):
+    images, labels, _, _ = training_rows
+    rows = np.sort(np.random.default_rng(7).choice(len(labels), 16, replace=False))
+    x = to_tensor(images[rows], 0.5, 0.25)
+    y = torch.from_numpy(labels[rows])
+    target = train_module.label_targets(y, 0.0)
+    mixed, mixed_target = train_module.mix(x, target, torch.Generator().manual_seed(seed), mixup, cutmix)
+    return x, y, target, mixed, mixed_target
+
+
+def partner(x: torch.Tensor, candidate: torch.Tensor) -> int:
+    """The row of x that candidate is closest to."""
+    return int((x - candidate).flatten(1).abs().sum(1).argmin())
+
+
+def test_mixup_blends_two_real_faces_and_their_labels_alike(training_rows):
+    blended = 0
+    for seed in range(4):  # one weight per batch, from Beta(0.4, 0.4): often near 0 or 1
+        x, y, target, mixed, mixed_target = mixed_batch(training_rows, seed=seed, mixup=0.4, cutmix=0.0)
+        torch.testing.assert_close(mixed_target.sum(1), torch.ones(16))
+        for i in range(16):
+            lam = float(mixed_target[i, y[i]])  # the share of row i's own label
+            if lam >= 1 - 1e-6 or lam < 0.1:
+                continue  # paired with a face of its own label, or nearly all the other one
+            other = (mixed[i] - lam * x[i]) / (1 - lam)  # must be the partner's image
+            j = partner(x, other)
+            torch.testing.assert_close(other, x[j], atol=1e-3, rtol=0)
+            torch.testing.assert_close(mixed_target[i], lam * target[i] + (1 - lam) * target[j])
+            blended += 1
+    assert blended >= 8, blended
+    # drawn from the generator: the same seed mixes the same way, another otherwise
+    again = train_module.mix(x, target, torch.Generator().manual_seed(3), 0.4, 0.0)
+    assert torch.equal(again[0], mixed) and torch.equal(again[1], mixed_target)
+    assert not torch.equal(train_module.mix(x, target, torch.Generator().manual_seed(4), 0.4, 0.0)[0], mixed)
+
+
+def test_cutmix_pastes_one_box_and_weights_the_labels_by_its_area(training_rows):
+    x, y, target, mixed, mixed_target = mixed_batch(training_rows, seed=3, mixup=0.0, cutmix=1.0)
+    changed = (mixed != x).squeeze(1)  # (16, 48, 48)
+    assert changed.any()
+    rows, cols = changed.any(0).nonzero()[:, 0], changed.any(0).nonzero()[:, 1]
+    top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    kept = 1 - (bottom - top) * (right - left) / 48 ** 2  # one box, the same for the whole batch
+    for i in range(16):
+        box = mixed[i, :, top:bottom, left:right]
+        j = int((x[:, :, top:bottom, left:right] - box).flatten(1).abs().sum(1).argmin())
+        assert torch.equal(box, x[j, :, top:bottom, left:right])  # pasted from one face of the batch
+        outside = mixed[i].clone()
+        outside[:, top:bottom, left:right] = x[i, :, top:bottom, left:right]
+        assert torch.equal(outside, x[i])  # the rest is untouched
+        if not torch.equal(target[i], target[j]):
+            torch.testing.assert_close(mixed_target[i], kept * target[i] + (1 - kept) * target[j])
+    # with both on, each batch draws one: over a few seeds both kinds appear
+    kinds = set()
+    for seed in range(8):
+        out, _ = train_module.mix(x, target, torch.Generator().manual_seed(seed), 0.4, 1.0)
+        changed = (out != x).flatten(1).float().mean(1)  # per face: mixup changes (nearly) every pixel
+        kinds.add("cutmix" if float(changed.max()) < 0.95 else "mixup")
+    assert kinds == {"mixup", "cutmix"}, kinds
+
+
 SHIPPED = ROOT / "layers" / "model"
 
 
@@ -158,15 +232,17 @@ class Stop(Exception):
 def run(tmp: Path, *extra: str) -> list[str]:
     args = ["--limit", "40", "--batch-size", "16", "--epochs", "2", "--save-every", "1", "--no-export",
             "--no-bf16", "--threads", "2", "--seed", "3", "--lr", "1e-3", "--checkpoint-dir", str(tmp),
-            "--soft-labels", str(DEFAULT_VOTES), "--keep-epochs", "2", "--teacher", str(SHIPPED), *extra]
+            "--soft-labels", str(DEFAULT_VOTES), "--keep-epochs", "2", "--teacher", str(SHIPPED),
+            "--mixup", "0.4", "--cutmix", "1.0", "--ema", "0.9", *extra]
     return args
 
 
 def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
     """Stopped after its fourth step (the second epoch's first), a run resumed from its
-    checkpoint sees the same batches with the same augmentation, at the same learning
-    rates, against the same targets (FER+ votes and a teacher), and ends with the same
-    weights as a run that was never stopped."""
+    checkpoint sees the same batches with the same augmentation and mixing, at the same
+    learning rates, against the same targets (FER+ votes, mixed, and a teacher), and ends
+    with the same weights and the same moving average of them as a run that was never
+    stopped; the average is what is kept."""
     seen = {"whole": [], "stopped": []}
     original = train_module.train_step
 
@@ -175,7 +251,7 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
             if stop_after is not None and len(seen[key]) == stop_after:
                 raise Stop
             seen[key].append((float(x.sum()), y.tolist(), optimizer.param_groups[0]["lr"],
-                              float(rest[3].sum())))  # rest: smoothing, bf16, target, teacher
+                              rest[2].tolist(), float(rest[3].sum())))  # rest: smoothing, bf16, target, teacher
             return original(model, optimizer, x, y, *rest, **kw)
         return step
 
@@ -193,17 +269,27 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
     stopped = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)
     assert whole["state"]["epoch"] == stopped["state"]["epoch"] == 2
     assert whole["scheduler"]["last_epoch"] == stopped["scheduler"]["last_epoch"] == 6
-    for key, value in whole["model"].items():
-        assert torch.allclose(value.float(), stopped["model"][key].float(), atol=1e-6), key
-    # the per-epoch log and the weights kept for averaging
+    for part in ("model", "ema"):
+        for key, value in whole[part].items():
+            assert torch.allclose(value.float(), stopped[part][key].float(), atol=1e-6), (part, key)
+    # the per-epoch log (the average's figures and the raw weights' beside them) and the
+    # weights kept for averaging: the moving average's, not the raw weights
     log = [json.loads(line) for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
+    assert all(0 <= r["raw_val_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1 for r in log)
     assert sorted(p.name for p in (tmp_path / "stopped").glob("epoch-*.pt")) == ["epoch-001.pt", "epoch-002.pt"]
+    kept = torch.load(tmp_path / "stopped" / "epoch-002.pt", weights_only=False)
+    averaged = {k.removeprefix("module."): v for k, v in stopped["ema"].items() if k.startswith("module.")}
+    assert kept.keys() == averaged.keys()
+    assert all(torch.equal(kept[k], averaged[k]) for k in kept)
+    assert any(not torch.equal(kept[k], stopped["model"][k]) for k in kept)
     # another schedule cannot resume this checkpoint
     with pytest.raises(SystemExit, match="other settings"):
         train_module.main(run(tmp_path / "stopped", "--resume", "--soft-weight", "0.7"))
     with pytest.raises(SystemExit, match="other settings"):
         train_module.main(run(tmp_path / "stopped", "--resume", "--distil-weight", "0.5"))
+    with pytest.raises(SystemExit, match="other settings"):
+        train_module.main(run(tmp_path / "stopped", "--resume", "--ema", "0.5"))
 
 
 def test_ferplus_majority_labels(training_rows):

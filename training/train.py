@@ -12,6 +12,13 @@
 batch and its mirror image, softened by --distil-temperature) are a second target beside
 the labels, weighted by --distil-weight (Hinton et al., 2015: the soft term scaled by T^2).
 
+--mixup ALPHA / --cutmix ALPHA mix each augmented batch with a shuffled copy of itself
+(Zhang et al., 2018; Yun et al., 2019; with both, each batch draws one of the two), the
+label targets mixed in the same proportion; teachers see the mixed images.  --ema DECAY
+keeps an exponential moving average of the weights (BatchNorm statistics included),
+and the average is what is evaluated, kept and exported (the raw weights' figures are
+logged beside it).
+
 --init starts from the weights of a model directory (manifest.json + weights, as in
 layers/model/) and keeps its input normalisation; the new manifest records the sha256
 and training command of those weights, so the whole chain can be repeated.
@@ -82,6 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="weight of the teachers' soft target; the rest is the label loss")
     p.add_argument("--distil-temperature", type=float, default=2.0,
                    help="temperature of the teachers' and the student's softmax in the soft term")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup: the mixing weight drawn from Beta(ALPHA, ALPHA) per batch (0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="cutmix: the kept area drawn from Beta(ALPHA, ALPHA) per batch (0: off)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate and export an exponential moving average of the weights, e.g. 0.998 (0: off)")
     return p.parse_args(argv)
 
 
@@ -154,12 +167,41 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
     return x
 
 
+def label_targets(y: torch.Tensor, smoothing: float, n_classes: int = 7) -> torch.Tensor:
+    """One-hot targets of labels ``y`` with label smoothing, as F.cross_entropy's
+    ``label_smoothing`` builds them: (1 - smoothing) on the label, smoothing / n on each class."""
+    return F.one_hot(y.long(), n_classes).float() * (1 - smoothing) + smoothing / n_classes
+
+
+def mix(x: torch.Tensor, target: torch.Tensor, gen: torch.Generator, mixup: float,
+        cutmix: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup or cutmix of a batch with a shuffled copy of itself (which one is drawn when
+    both are on).  Mixup: ``lam * x + (1 - lam) * x[perm]``; cutmix: a box of ``x[perm]``
+    covering about ``1 - lam`` of the image pasted in (lam then set to the area actually
+    kept).  The targets are mixed with the same lam.  Everything is drawn from ``gen``."""
+    rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=gen)))
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(*(2 * [cutmix if use_cutmix else mixup])))
+    perm = torch.from_numpy(rng.permutation(len(x)))
+    if use_cutmix:
+        side = x.shape[-1]
+        h = w = int(round(side * math.sqrt(1 - lam)))
+        top, left = rng.integers(0, side - h + 1), rng.integers(0, side - w + 1)
+        x = x.clone()
+        x[..., top:top + h, left:left + w] = x[perm][..., top:top + h, left:left + w]
+        lam = 1 - h * w / side ** 2
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, lam * target + (1 - lam) * target[perm]
+
+
 def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
                target: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
                distil_weight: float = 0.0, distil_temperature: float = 1.0) -> tuple[float, float]:
     """One optimisation step; returns (loss, accuracy against ``y``) on the batch.
-    ``target``: soft targets (N, 7) that sum to 1 (FER+ votes), which replace ``y`` and
-    label smoothing in the label loss (cross-entropy against a distribution).
+    ``target``: soft targets (N, 7) that sum to 1 (FER+ votes, mixed labels), which replace
+    ``y`` and label smoothing in the label loss (cross-entropy against a distribution);
+    the accuracy is then still against ``y``, the unmixed images' labels.
     ``teacher``: the teachers' probabilities (N, 7) at ``distil_temperature``; the loss is
     then ``distil_weight * distillation_loss + (1 - distil_weight) * label loss``."""
     model.train()
@@ -222,6 +264,9 @@ def main(argv=None) -> int:
                                                   args.soft_weight))
     if not 0.0 <= args.distil_weight <= 1.0 or args.distil_temperature <= 0:
         sys.exit("--distil-weight must be in [0, 1] and --distil-temperature above 0")
+    if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.ema < 1.0:
+        sys.exit("--mixup and --cutmix must be 0 (off) or above, --ema in [0, 1)")
+    mixing = args.mixup > 0 or args.cutmix > 0
     teachers = Teachers(args.teacher, mean, std, args.device, args.bf16) if args.teacher else None
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
 
@@ -231,6 +276,9 @@ def main(argv=None) -> int:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, epochs=args.epochs,
                                                     steps_per_epoch=steps_per_epoch, pct_start=0.2,
                                                     div_factor=10)
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),
+                                               use_buffers=True) if args.ema else None)
+    net = ema.module if ema else model  # the weights evaluated, kept and exported
     state = {"epoch": 0, "step": 0, "best": -1.0, "seconds": 0.0}
     last = ckpt_dir / "last.pt"
     if args.resume and last.exists():
@@ -238,7 +286,7 @@ def main(argv=None) -> int:
         # a setting a checkpoint lacks was made before the setting existed: its default then
         now, before = checkpoint_args(args), {**checkpoint_args(parse_args([])), **ckpt["args"]}
         same = ("epochs", "batch_size", "lr", "seed", "soft_labels", "soft_weight", "teacher", "distil_weight",
-                "distil_temperature")
+                "distil_temperature", "mixup", "cutmix", "ema")
         if any(before[k] != now[k] for k in same):
             sys.exit(f"{last} was made with other settings ("
                      + ", ".join(f"--{k.replace('_', '-')} {before[k]}" for k in same)
@@ -246,6 +294,8 @@ def main(argv=None) -> int:
         model.load_state_dict(ckpt["model"])  # onto the model's device
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ema:
+            ema.load_state_dict(ckpt["ema"])
         state = ckpt["state"]
         print(f"resumed from {last}: epoch {state['epoch'] + 1}, step {state['step']}", flush=True)
     elif init:  # export only what beats the starting point
@@ -255,7 +305,7 @@ def main(argv=None) -> int:
         tmp = last.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state,
-                    "args": checkpoint_args(args)}, tmp)
+                    **({"ema": ema.state_dict()} if ema else {}), "args": checkpoint_args(args)}, tmp)
         tmp.replace(last)
 
     command = shlex.join(["python", "-m", "training.train", *(sys.argv[1:] if argv is None else argv)])
@@ -280,11 +330,16 @@ def main(argv=None) -> int:
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
             torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
             x = augment(train_t[idx], gen, args.erasing)
-            loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16,
-                                   None if targets_t is None else targets_t[idx],
+            target = None if targets_t is None else targets_t[idx]
+            if mixing:
+                x, target = mix(x, label_targets(labels_t[idx], args.label_smoothing) if target is None else target,
+                                gen, args.mixup, args.cutmix)
+            loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16, target,
                                    teachers.probabilities(x, args.distil_temperature) if teachers else None,
                                    args.distil_weight, args.distil_temperature)
             scheduler.step()
+            if ema:
+                ema.update_parameters(model)
             sums[0] += loss * len(idx)
             sums[1] += acc * len(idx)
             sums[2] += len(idx)
@@ -300,26 +355,29 @@ def main(argv=None) -> int:
         if bar:
             bar.close()
         state["seconds"] += time.time() - started
-        result = evaluate(model, val_x, val_y, mean, std)
+        result = evaluate(net, val_x, val_y, mean, std)
+        raw = evaluate(model, val_x, val_y, mean, std) if ema else None
         record = {"epoch": epoch + 1, "train_loss": round(sums[0] / sums[2], 4),
                   "train_accuracy": round(sums[1] / sums[2], 4), "lr": scheduler.get_last_lr()[0],
                   "val_accuracy": result["plain"]["accuracy"], "val_macro_f1": result["plain"]["macro_f1"],
                   "val_accuracy_flip": result["flip"]["accuracy"], "val_macro_f1_flip": result["flip"]["macro_f1"],
+                  **({"raw_val_accuracy": raw["plain"]["accuracy"], "raw_val_accuracy_flip": raw["flip"]["accuracy"]}
+                     if raw else {}),
                   "seconds": round(state["seconds"])}
         print(json.dumps(record), flush=True)
         with open(log_path, "a") as fh:
             fh.write(json.dumps(record) + "\n")
         state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0])
         if epoch + 1 > args.epochs - args.keep_epochs:  # for stochastic weight averaging
-            torch.save(model.state_dict(), ckpt_dir / f"epoch-{epoch + 1:03d}.pt")
+            torch.save(net.state_dict(), ckpt_dir / f"epoch-{epoch + 1:03d}.pt")
         if result["flip"]["accuracy"] > state["best"]:
             state["best"] = result["flip"]["accuracy"]
-            torch.save(model.state_dict(), ckpt_dir / "best.pt")
+            torch.save(net.state_dict(), ckpt_dir / "best.pt")
             if not args.no_export:
                 # The manifest's metrics are those of the weights as shipped (fp16, normalised by
                 # the manifest's input), as `python -m training.evaluate --update-manifest` computes
                 # them; the fp32 figure that chose this epoch is kept in training.selected_by.
-                export_weights(model, args.out, {
+                export_weights(net, args.out, {
                     "input": input_spec(mean, std),
                     "training": {"command": command, "epochs": args.epochs, "best_epoch": epoch + 1,
                                  "selected_by": {"accuracy_flip_fp32": result["flip"]["accuracy"]},
@@ -332,6 +390,9 @@ def main(argv=None) -> int:
                                                       "weight": args.distil_weight,
                                                       "temperature": args.distil_temperature,
                                                       "teacher_flip": True}} if teachers else {}),
+                                 **({"mixing": {"mixup_alpha": args.mixup, "cutmix_alpha": args.cutmix}}
+                                    if mixing else {}),
+                                 **({"ema": {"decay": args.ema, "use_buffers": True}} if ema else {}),
                                  **({"init": {"sha256": init.sha256, "training": init.manifest.get("training")}}
                                     if init else {}),
                                  "seconds": round(state["seconds"]), "torch": torch.__version__,
