@@ -1,7 +1,7 @@
 """Calibrate the served model's confidences: one temperature, fitted on PublicTest.
 
     python -m training.calibrate [--model-dir layers/model] [--data ...] [--png docs/reliability.png]
-                                 [--no-flip-average]
+                                 [--flip-average]
 
 This is also where the served logits are chosen: with --flip-average each face's logits
 are the mean of its and its mirror image's (test-time augmentation: one batch of 2N

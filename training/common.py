@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -15,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "function"))
 
 from emotion.model import CLASSES, WeightsError, normalise  # noqa: E402
-from training.network import ResNet, TorchModel, load_network  # noqa: E402  (the one definition of the network)
+from training.network import ResNet, TorchModel, load_network, write_manifest  # noqa: E402  (the one definition of the network)
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "fer2013" / "fer2013_train_val.npz"
 TRAINING, PUBLIC_TEST = 0, 1
@@ -228,9 +227,7 @@ def set_manifest_keys(model_dir: Path, values: dict, expected: dict) -> dict:
     if any(manifest.get(k) != v for k, v in expected.items()):
         raise WeightsError(f"{path} changed while its {', '.join(values)} was computed; run again")
     manifest.update(values)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_manifest(Path(model_dir), manifest)
     return manifest
 
 

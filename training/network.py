@@ -197,7 +197,7 @@ def export_weights(model: nn.Module, directory: Path, manifest: dict) -> dict:
     except ImportError:  # a training machine without the onnx package (requirements-dev.txt has it)
         print(f"warning: the onnx package is missing, so {directory} has no ONNX graph and the Lambda "
               f"cannot load it; add it with: python -m training.network {directory}", file=sys.stderr)
-    _write_manifest(directory, full)
+    write_manifest(directory, full)
     return full
 
 
@@ -213,7 +213,7 @@ def add_onnx(directory: Path) -> dict:
     if manifest.get("onnx", {}).get("sha256") != entry["sha256"]:  # the int8 graph was made from another one
         manifest = {k: v for k, v in manifest.items() if k not in DERIVED_GRAPHS}
     manifest["onnx"] = entry
-    _write_manifest(directory, manifest)
+    write_manifest(directory, manifest)
     return manifest
 
 
@@ -226,7 +226,8 @@ def _write_onnx(state: dict, directory: Path) -> dict:
             "weights": "the fp16 weights of the state_dict, each cast to fp32 in the graph"}
 
 
-def _write_manifest(directory: Path, manifest: dict) -> None:
+def write_manifest(directory: Path, manifest: dict) -> None:
+    """Write ``directory``'s manifest.json atomically (a temporary file, then a rename)."""
     tmp = directory / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(directory / "manifest.json")

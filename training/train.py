@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.common import (DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate, input_spec,
+from training.common import (CLASSES, DEFAULT_DATA, PUBLIC_TEST, ROOT, TRAINING, ResNet, evaluate, input_spec,
                              load_split, sha256_file, to_tensor, update_manifest)
 from emotion.model import available_cpus  # noqa: E402  (path set up by training.common)
 from training.network import export_weights, load_network  # noqa: E402
@@ -167,7 +167,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
     return x
 
 
-def label_targets(y: torch.Tensor, smoothing: float, n_classes: int = 7) -> torch.Tensor:
+def label_targets(y: torch.Tensor, smoothing: float, n_classes: int = len(CLASSES)) -> torch.Tensor:
     """One-hot targets of labels ``y`` with label smoothing, as F.cross_entropy's
     ``label_smoothing`` builds them: (1 - smoothing) on the label, smoothing / n on each class."""
     return F.one_hot(y.long(), n_classes).float() * (1 - smoothing) + smoothing / n_classes
