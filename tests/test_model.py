@@ -384,6 +384,20 @@ def test_training_step_lowers_loss():
 
 # ---- weight averaging (training/average.py) ------------------------------------------------
 
+def test_average_refuses_a_source_it_cannot_use(tmp_path):
+    """A missing file, a file that is not weights, and another network's weights each stop
+    training.average with one line that names the source, before any work is done."""
+    from training import average
+    junk, other = tmp_path / "junk.pt", tmp_path / "linear.pt"
+    junk.write_bytes(b"not a checkpoint")
+    torch.save(nn.Linear(3, 2).state_dict(), other)
+    for source, reason in ((tmp_path / "missing.pt", "not readable as weights"), (junk, "not readable as weights"),
+                           (other, "not the ResNet9's parameters")):
+        with pytest.raises(SystemExit) as exc:
+            average.main([str(MODEL_DIR), str(source), "--threads", "1"])
+        assert str(exc.value).startswith(f"refused: {source}: {reason}"), exc.value
+
+
 def test_average_is_the_mean_and_batchnorm_is_recomputed(manifest, sample):
     images, labels, probs = sample
     spec = manifest["input"]

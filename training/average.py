@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import platform
 import shlex
 import sys
@@ -30,7 +31,7 @@ import torch
 from training.common import (DEFAULT_DATA, PUBLIC_TEST, TRAINING, ResNet, evaluate, fixed_sample, input_spec, load_split,
                              sha256_file, to_tensor, update_manifest)
 from training.train import git_commit
-from emotion.model import available_cpus  # noqa: E402
+from emotion.model import WeightsError, available_cpus  # noqa: E402
 from training.network import cast_floats, export_weights, load_network, state_dict_from_prototype  # noqa: E402
 
 
@@ -47,12 +48,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_source(path: Path) -> tuple[dict, dict | None]:
-    """fp32 state_dict of one source, and its manifest when it is a model directory."""
-    if path.is_dir():
-        loaded = load_network(path)
-        return loaded.net.state_dict(), loaded.manifest
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    return cast_floats(state_dict_from_prototype(obj), torch.float32), None
+    """fp32 state_dict of one source, and its manifest when it is a model directory;
+    a source that cannot be read, or is not a ResNet9's weights, stops the command
+    with a message that names it."""
+    try:
+        if path.is_dir():
+            loaded = load_network(path)
+            return loaded.net.state_dict(), loaded.manifest
+        state = cast_floats(state_dict_from_prototype(torch.load(path, map_location="cpu", weights_only=False)),
+                            torch.float32)
+    except (OSError, WeightsError, RuntimeError, AttributeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        sys.exit(f"refused: {path}: not readable as weights ({reason})")
+    try:
+        ResNet().load_state_dict(state)  # the architecture's parameter names and shapes
+    except RuntimeError:
+        sys.exit(f"refused: {path}: not the ResNet9's parameters (names or shapes differ)")
+    return state, None
 
 
 def average_states(states: list[dict]) -> dict:
