@@ -57,7 +57,8 @@ def load_source(path: Path) -> tuple[dict, dict | None]:
             return loaded.net.state_dict(), loaded.manifest
         state = cast_floats(state_dict_from_prototype(torch.load(path, map_location="cpu", weights_only=False)),
                             torch.float32)
-    except (OSError, WeightsError, RuntimeError, AttributeError, EOFError, pickle.UnpicklingError) as exc:
+    except (OSError, WeightsError, RuntimeError, AttributeError, EOFError, KeyError, TypeError, ValueError,
+            pickle.UnpicklingError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.exit(f"refused: {path}: not readable as weights ({reason})")
     try:
