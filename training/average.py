@@ -32,7 +32,7 @@ from training.common import (DEFAULT_DATA, PUBLIC_TEST, TRAINING, ResNet, evalua
                              sha256_file, to_tensor, update_manifest)
 from training.train import git_commit
 from emotion.model import WeightsError, available_cpus  # noqa: E402
-from training.network import cast_floats, export_weights, load_network, state_dict_from_prototype  # noqa: E402
+from training.network import export_weights, load_network, network_from_state, state_dict_from_prototype  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,17 +55,15 @@ def load_source(path: Path) -> tuple[dict, dict | None]:
         if path.is_dir():
             loaded = load_network(path)
             return loaded.net.state_dict(), loaded.manifest
-        state = cast_floats(state_dict_from_prototype(torch.load(path, map_location="cpu", weights_only=False)),
-                            torch.float32)
+        state = state_dict_from_prototype(torch.load(path, map_location="cpu", weights_only=False))
     except (OSError, WeightsError, RuntimeError, AttributeError, EOFError, KeyError, TypeError, ValueError,
             pickle.UnpicklingError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         sys.exit(f"refused: {path}: not readable as weights ({reason})")
     try:
-        ResNet().load_state_dict(state)  # the architecture's parameter names and shapes
-    except RuntimeError:
+        return network_from_state(state).state_dict(), None
+    except (RuntimeError, AttributeError, TypeError):
         sys.exit(f"refused: {path}: not the ResNet9's parameters (names or shapes differ)")
-    return state, None
 
 
 def average_states(states: list[dict]) -> dict:
