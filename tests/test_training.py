@@ -102,7 +102,7 @@ def test_a_step_on_soft_targets_lowers_their_loss(training_rows):
     before = soft_loss()
     for _ in range(4):
         loss, _ = train_module.train_step(model, optimizer, x, y, 0.1, bf16=False, target=target)
-        assert np.isfinite(loss)
+        assert torch.isfinite(loss)
     assert soft_loss() < before - 0.1, (before, soft_loss())
 
 
@@ -220,9 +220,33 @@ def test_distillation_loss_drops_in_a_few_steps(training_rows):
     for _ in range(5):
         loss, _ = train_module.train_step(model, optimizer, x, y, 0.1, bf16=False, teacher=teacher,
                                           distil_weight=1.0, distil_temperature=2.0)
-        assert np.isfinite(loss)
+        assert torch.isfinite(loss)
     after = distillation_loss()
     assert after < 0.8 * before, (before, after)
+
+
+def test_the_moving_average_is_the_librarys(training_rows):
+    """train.update_average (no host reads of the update count) keeps the same moving
+    average of the weights and BatchNorm statistics as torch's own
+    AveragedModel.update_parameters, from the first update (a copy) on."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    images, labels, _, _ = training_rows
+    rows = np.sort(np.random.default_rng(7).choice(len(labels), 16, replace=False))
+    x, y = to_tensor(images[rows], images.mean() / 255.0, images.std() / 255.0), torch.from_numpy(labels[rows])
+    torch.manual_seed(0)
+    model = ResNet().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ours, theirs = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True) for _ in range(2))
+    for step in range(3):
+        train_module.train_step(model, optimizer, x, y, 0.1, bf16=False)
+        train_module.update_average(ours, model, first=step == 0)
+        theirs.update_parameters(model)
+    mine, reference, now = ours.state_dict(), theirs.state_dict(), model.state_dict()
+    assert mine.keys() == reference.keys()
+    assert all(torch.equal(mine[k], reference[k]) for k in mine), [k for k in mine if not torch.equal(mine[k], reference[k])]
+    assert int(mine["n_averaged"]) == 3
+    # an average, not a copy of the weights it follows
+    assert any(not torch.equal(mine["module." + k], v) for k, v in now.items() if v.is_floating_point())
 
 
 class Stop(Exception):

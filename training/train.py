@@ -68,7 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=available_cpus())
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default: cuda when there is one); augmentation stays on the CPU")
+                   help="cpu or cuda (default: cuda when there is one); the data, augmentation and mixing run there, "
+                        "their random numbers are drawn on the CPU (the same images on either)")
     p.add_argument("--checkpoint-dir", type=Path, default=DEFAULT_CHECKPOINTS)
     p.add_argument("--resume", action="store_true", help="continue from checkpoint-dir/last.pt")
     p.add_argument("--init", type=Path, help="start from the weights of this model directory (warm start)")
@@ -139,8 +140,12 @@ def distillation_loss(logits: torch.Tensor, teacher_probs: torch.Tensor, tempera
 def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tensor:
     """Batched augmentation of normalised (N,1,48,48) images: horizontal flip, rotation
     +-10 degrees, scale 0.9-1.1, shift +-4 px (one affine warp, border replicated),
-    then random erasing of one rectangle (2-20 % of the area) with probability ``erasing``."""
-    n = x.shape[0]
+    then random erasing of one rectangle (2-20 % of the area) with probability ``erasing``.
+
+    Every random number is drawn on the CPU from ``gen`` (the same draws, in the same
+    order, whatever the device), and the warp and the erasing run where ``x`` is: on a
+    GPU the batch never comes back to the host."""
+    n, device = x.shape[0], x.device
     u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     angle = (u(n) * 2 - 1) * math.radians(10)
     scale = 0.9 + 0.2 * u(n)
@@ -149,7 +154,7 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(device, non_blocking=True), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if erasing > 0:
         area = 48 * 48 * (0.02 + 0.18 * u(n))
@@ -163,7 +168,8 @@ def augment(x: torch.Tensor, gen: torch.Generator, erasing: float) -> torch.Tens
         box = ((rows >= top.view(-1, 1, 1)) & (rows < (top + h).view(-1, 1, 1))
                & (cols >= left.view(-1, 1, 1)) & (cols < (left + w).view(-1, 1, 1)))
         box &= (u(n) < erasing).view(-1, 1, 1)
-        x = torch.where(box.unsqueeze(1), torch.randn(x.shape, generator=gen), x)
+        noise = torch.randn(x.shape, generator=gen)
+        x = torch.where(box.unsqueeze(1).to(device, non_blocking=True), noise.to(device, non_blocking=True), x)
     return x
 
 
@@ -182,7 +188,7 @@ def mix(x: torch.Tensor, target: torch.Tensor, gen: torch.Generator, mixup: floa
     rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=gen)))
     use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
     lam = float(rng.beta(*(2 * [cutmix if use_cutmix else mixup])))
-    perm = torch.from_numpy(rng.permutation(len(x)))
+    perm = torch.from_numpy(rng.permutation(len(x))).to(x.device)
     if use_cutmix:
         side = x.shape[-1]
         h = w = int(round(side * math.sqrt(1 - lam)))
@@ -198,7 +204,9 @@ def mix(x: torch.Tensor, target: torch.Tensor, gen: torch.Generator, mixup: floa
 def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
                target: torch.Tensor | None = None, teacher: torch.Tensor | None = None,
                distil_weight: float = 0.0, distil_temperature: float = 1.0) -> tuple[float, float]:
-    """One optimisation step; returns (loss, accuracy against ``y``) on the batch.
+    """One optimisation step; returns (loss, accuracy against ``y``) on the batch, as
+    0-d tensors on the training device (reading them is left to the caller, so that a
+    GPU's queue is not drained at every step: ``float(loss)`` is one such read).
     ``target``: soft targets (N, 7) that sum to 1 (FER+ votes, mixed labels), which replace
     ``y`` and label smoothing in the label loss (cross-entropy against a distribution);
     the accuracy is then still against ``y``, the unmixed images' labels.
@@ -219,7 +227,26 @@ def train_step(model, optimizer, x, y, label_smoothing: float, bf16: bool,
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach()), float((logits.argmax(1) == y).float().mean())
+    return loss.detach(), (logits.argmax(1) == y).float().mean()
+
+
+def update_average(ema: torch.optim.swa_utils.AveragedModel, model: torch.nn.Module, first: bool) -> None:
+    """``ema.update_parameters(model)`` (its ``multi_avg_fn`` over the parameters and
+    buffers, the same arithmetic) without its host reads of ``ema.n_averaged``, a tensor on
+    the training device that torch 2.13 compares on the host twice per update: ``first``
+    (whether nothing has been averaged yet) is known to the caller."""
+    averaged = [*ema.module.parameters(), *ema.module.buffers()]
+    current = [*model.parameters(), *model.buffers()]
+    with torch.no_grad():
+        if first:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+        else:
+            for floating in (True, False):  # the library's EMA lerps floats and rounds the rest
+                group = [(a, c) for a, c in zip(averaged, current, strict=True) if a.is_floating_point() == floating]
+                if group:
+                    ema.multi_avg_fn([a for a, _ in group], [c for _, c in group], None)
+        ema.n_averaged += 1
 
 
 def checkpoint_args(args: argparse.Namespace) -> dict:
@@ -254,14 +281,19 @@ def main(argv=None) -> int:
     init = load_network(args.init) if args.init else None
     if init:  # the warm start keeps the normalisation its weights were trained with
         mean, std = init.manifest["input"]["mean"], init.manifest["input"]["std"]
-    train_t = to_tensor(train_x, mean, std)
-    labels_t = torch.from_numpy(train_y)
+    # The whole training set lives on the training device (265 MB in fp32), so that a step
+    # indexes it there; nothing of a step comes back to the host (train_step, update_average).
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
+    train_t = to_tensor(train_x, mean, std).to(device)
+    labels_t = torch.from_numpy(train_y).to(device)
     targets_t = None
     if args.soft_labels:
         from training.ferplus import load_split_index, load_votes, soft_targets
         index = load_split_index(args.data, TRAINING)[:len(train_y)]
         targets_t = torch.from_numpy(soft_targets(load_votes(args.soft_labels, index), train_y, index,
-                                                  args.soft_weight))
+                                                  args.soft_weight)).to(device)
     if not 0.0 <= args.distil_weight <= 1.0 or args.distil_temperature <= 0:
         sys.exit("--distil-weight must be in [0, 1] and --distil-temperature above 0")
     if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.ema < 1.0:
@@ -301,6 +333,16 @@ def main(argv=None) -> int:
     elif init:  # export only what beats the starting point
         state["best"] = init.manifest["metrics"]["accuracy_flip"]
 
+    averaged = int(ema.n_averaged) if ema else 0  # the host's count of EMA updates
+    running = torch.zeros(2, dtype=torch.float64, device=device)  # loss and accuracy sums not yet in state
+
+    def fold():
+        """The device's running sums into the state's (one host read)."""
+        loss_sum, acc_sum = running.tolist()
+        state["sums"][0] += loss_sum
+        state["sums"][1] += acc_sum
+        running.zero_()
+
     def save_checkpoint():
         tmp = last.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -326,7 +368,7 @@ def main(argv=None) -> int:
         sums = state.setdefault("sums", [0.0, 0.0, 0])
         while state["step"] < steps_per_epoch:
             step = state["step"]
-            idx = order[step * args.batch_size:(step + 1) * args.batch_size]
+            idx = order[step * args.batch_size:(step + 1) * args.batch_size].to(device, non_blocking=True)
             gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
             torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
             x = augment(train_t[idx], gen, args.erasing)
@@ -339,19 +381,23 @@ def main(argv=None) -> int:
                                    args.distil_weight, args.distil_temperature)
             scheduler.step()
             if ema:
-                ema.update_parameters(model)
-            sums[0] += loss * len(idx)
-            sums[1] += acc * len(idx)
+                update_average(ema, model, first=averaged == 0)
+                averaged += 1
+            running.add_(torch.stack([loss, acc]).double(), alpha=len(idx))
             sums[2] += len(idx)
             state["step"] += 1
             if bar:
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
-                                lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                if state["step"] % 20 == 0:
+                    fold()
+                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
+                                    lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
             if args.save_every and state["step"] % args.save_every == 0:
                 state["seconds"] += time.time() - started
                 started = time.time()
+                fold()
                 save_checkpoint()
+        fold()
         if bar:
             bar.close()
         state["seconds"] += time.time() - started
