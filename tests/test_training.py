@@ -316,6 +316,35 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
         train_module.main(run(tmp_path / "stopped", "--resume", "--ema", "0.5"))
 
 
+def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """--probe runs the schedule's first steps (its warm-up, then the timed ones, across
+    an epoch's end) exactly as the run would, and one evaluation, prints their timings
+    as one JSON line and leaves no checkpoint, log or weights behind."""
+    seen = {"run": [], "probe": []}
+    original = train_module.train_step
+
+    def recording(key):
+        def step(model, optimizer, x, y, *rest, **kw):
+            seen[key].append((float(x.sum()), y.tolist(), optimizer.param_groups[0]["lr"]))
+            return original(model, optimizer, x, y, *rest, **kw)
+        return step
+
+    monkeypatch.setattr(train_module, "train_step", recording("run"))
+    assert train_module.main(run(tmp_path / "run")) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(train_module, "train_step", recording("probe"))
+    assert train_module.main(run(tmp_path / "probe", "--probe", "2")) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probe"]
+
+    assert len(seen["probe"]) == train_module.PROBE_WARMUP + 2 == 5
+    assert seen["probe"] == seen["run"][:5]  # the run's own batches and learning rates
+    assert figures["steps"] == 2 and figures["steps_per_epoch"] == 3 and figures["device"] == "cpu"
+    assert figures["seconds_per_step"] > 0 and figures["evaluation_seconds"] > 0
+    assert figures["seconds_per_epoch"] == pytest.approx(
+        3 * figures["seconds_per_step"] + figures["evaluation_seconds"], abs=1e-2)
+    assert not (tmp_path / "probe").exists()
+
+
 def test_ferplus_majority_labels(training_rows):
     from training.ferplus import majority_accuracy, majority_labels
     votes = np.zeros((5, 10), np.uint8)

@@ -94,6 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="mixup: the mixing weight drawn from Beta(ALPHA, ALPHA) per batch (0: off)")
     p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
                    help="cutmix: the kept area drawn from Beta(ALPHA, ALPHA) per batch (0: off)")
+    p.add_argument("--probe", type=int, default=0, metavar="STEPS",
+                   help="time STEPS steps of this schedule and one evaluation, print them as JSON and stop, "
+                        "writing no checkpoint, log or weights (for choosing --epochs to fit a time budget)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="evaluate and export an exponential moving average of the weights, e.g. 0.998 (0: off)")
     return p.parse_args(argv)
@@ -249,6 +252,39 @@ def update_average(ema: torch.optim.swa_utils.AveragedModel, model: torch.nn.Mod
         ema.n_averaged += 1
 
 
+PROBE_WARMUP = 3  # steps a probe does not time: cuDNN's choice of kernels, the first allocations
+
+
+def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, device: torch.device) -> dict:
+    """How long the schedule's first ``steps`` steps (after ``PROBE_WARMUP``) and one
+    epoch-end evaluation take, here and now (other runs sharing the device included): for
+    choosing ``--epochs`` to fit a time budget (training/device/sweep.sh's @EPOCHS)."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    orders: dict[int, torch.Tensor] = {}
+
+    def step(i: int) -> None:
+        epoch, within = divmod(i, steps_per_epoch)
+        if epoch not in orders:
+            orders[epoch] = epoch_order(epoch)
+        one_step(epoch, within, orders[epoch])
+
+    for i in range(PROBE_WARMUP):
+        step(i)
+    synchronize()
+    started = time.time()
+    for i in range(PROBE_WARMUP, PROBE_WARMUP + steps):
+        step(i)
+    synchronize()
+    per_step = (time.time() - started) / steps
+    started = time.time()
+    validate()
+    synchronize()
+    evaluation = time.time() - started
+    return {"steps": steps, "seconds_per_step": round(per_step, 5), "steps_per_epoch": steps_per_epoch,
+            "evaluation_seconds": round(evaluation, 3),
+            "seconds_per_epoch": round(per_step * steps_per_epoch + evaluation, 3), "device": str(device)}
+
+
 def checkpoint_args(args: argparse.Namespace) -> dict:
     """The command's settings as a checkpoint records them (paths as strings)."""
     def plain(v):
@@ -270,7 +306,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     ckpt_dir = args.checkpoint_dir
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if not args.probe:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     train_x, train_y = load_split(args.data, TRAINING)
     val_x, val_y = load_split(args.data, PUBLIC_TEST)
@@ -359,32 +396,50 @@ def main(argv=None) -> int:
     except ImportError:  # the progress bar is a nicety, not a requirement
         tqdm = None
 
+    def epoch_order(epoch: int) -> torch.Tensor:
+        return torch.from_numpy(np.random.default_rng(args.seed * 1000 + epoch).permutation(len(train_t)))
+
+    def one_step(epoch: int, step: int, order: torch.Tensor) -> int:
+        """The schedule's step ``step`` of ``epoch`` (its batch, augmentation, mixing and
+        targets all follow from the two), its loss and accuracy added to ``running``;
+        returns the batch's size."""
+        nonlocal averaged
+        idx = order[step * args.batch_size:(step + 1) * args.batch_size].to(device, non_blocking=True)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
+        torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
+        x = augment(train_t[idx], gen, args.erasing)
+        target = None if targets_t is None else targets_t[idx]
+        if mixing:
+            x, target = mix(x, label_targets(labels_t[idx], args.label_smoothing) if target is None else target,
+                            gen, args.mixup, args.cutmix)
+        loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16, target,
+                               teachers.probabilities(x, args.distil_temperature) if teachers else None,
+                               args.distil_weight, args.distil_temperature)
+        scheduler.step()
+        if ema:
+            update_average(ema, model, first=averaged == 0)
+            averaged += 1
+        running.add_(torch.stack([loss, acc]).double(), alpha=len(idx))
+        return len(idx)
+
+    def validate() -> tuple[dict, dict | None]:
+        """PublicTest figures of the weights kept (and of the raw weights beside an EMA)."""
+        return evaluate(net, val_x, val_y, mean, std), (evaluate(model, val_x, val_y, mean, std) if ema else None)
+
+    if args.probe:
+        print(json.dumps({"probe": probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, device)}),
+              flush=True)
+        return 0
+
     while state["epoch"] < args.epochs:
         epoch = state["epoch"]
-        order = torch.from_numpy(np.random.default_rng(args.seed * 1000 + epoch).permutation(len(train_t)))
+        order = epoch_order(epoch)
         bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch + 1}/{args.epochs}",
                    mininterval=1 if sys.stderr.isatty() else 60) if tqdm else None
         started = time.time()
         sums = state.setdefault("sums", [0.0, 0.0, 0])
         while state["step"] < steps_per_epoch:
-            step = state["step"]
-            idx = order[step * args.batch_size:(step + 1) * args.batch_size].to(device, non_blocking=True)
-            gen = torch.Generator().manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)
-            torch.manual_seed(args.seed * 1_000_003 + epoch * 10_007 + step)  # dropout
-            x = augment(train_t[idx], gen, args.erasing)
-            target = None if targets_t is None else targets_t[idx]
-            if mixing:
-                x, target = mix(x, label_targets(labels_t[idx], args.label_smoothing) if target is None else target,
-                                gen, args.mixup, args.cutmix)
-            loss, acc = train_step(model, optimizer, x, labels_t[idx], args.label_smoothing, args.bf16, target,
-                                   teachers.probabilities(x, args.distil_temperature) if teachers else None,
-                                   args.distil_weight, args.distil_temperature)
-            scheduler.step()
-            if ema:
-                update_average(ema, model, first=averaged == 0)
-                averaged += 1
-            running.add_(torch.stack([loss, acc]).double(), alpha=len(idx))
-            sums[2] += len(idx)
+            sums[2] += one_step(epoch, state["step"], order)
             state["step"] += 1
             if bar:
                 bar.update(1)
@@ -401,8 +456,7 @@ def main(argv=None) -> int:
         if bar:
             bar.close()
         state["seconds"] += time.time() - started
-        result = evaluate(net, val_x, val_y, mean, std)
-        raw = evaluate(model, val_x, val_y, mean, std) if ema else None
+        result, raw = validate()
         record = {"epoch": epoch + 1, "train_loss": round(sums[0] / sums[2], 4),
                   "train_accuracy": round(sums[1] / sums[2], 4), "lr": scheduler.get_last_lr()[0],
                   "val_accuracy": result["plain"]["accuracy"], "val_macro_f1": result["plain"]["macro_f1"],
