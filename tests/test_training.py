@@ -339,10 +339,22 @@ def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypat
     assert len(seen["probe"]) == train_module.PROBE_WARMUP + 2 == 5
     assert seen["probe"] == seen["run"][:5]  # the run's own batches and learning rates
     assert figures["steps"] == 2 and figures["steps_per_epoch"] == 3 and figures["device"] == "cpu"
-    assert figures["seconds_per_step"] > 0 and figures["evaluation_seconds"] > 0
+    assert figures["seconds_per_step"] > 0 and figures["evaluation_seconds"] > 0 and figures["writing_seconds"] > 0
     assert figures["seconds_per_epoch"] == pytest.approx(
-        3 * figures["seconds_per_step"] + figures["evaluation_seconds"], abs=1e-2)
+        3 * figures["seconds_per_step"] + figures["evaluation_seconds"] + figures["writing_seconds"], abs=1e-2)
     assert not (tmp_path / "probe").exists()
+
+    # training/device/sweep.sh turns these figures into the epochs that fit the time left
+    from training.device import gather
+    (tmp_path / "probe_P.log").write_text("exported weights to /tmp/x\n" + json.dumps({"probe": figures}) + "\n")
+    timed = (figures["warmup_seconds"] + 2 * figures["seconds_per_step"] + figures["evaluation_seconds"]
+             + figures["writing_seconds"])
+    startup = 4.0  # the probe's wall time less what it timed: imports, data, model
+    (tmp_path / "probe_P.seconds").write_text(f"{timed + startup:.3f}\n")
+    left = startup + 7.5 * figures["seconds_per_epoch"]
+    assert gather.epochs(tmp_path, left, 0.0, 300, ["P", "absent"]) == ["P 7", "absent -"]
+    assert gather.epochs(tmp_path, left, 0.0, 5, ["P"]) == ["P 5"]
+    assert gather.epochs(tmp_path, startup, 0.0, 300, ["P"]) == ["P 1"]  # one epoch at least
 
 
 def test_ferplus_majority_labels(training_rows):

@@ -40,6 +40,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -255,10 +256,13 @@ def update_average(ema: torch.optim.swa_utils.AveragedModel, model: torch.nn.Mod
 PROBE_WARMUP = 3  # steps a probe does not time: cuDNN's choice of kernels, the first allocations
 
 
-def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, device: torch.device) -> dict:
-    """How long the schedule's first ``steps`` steps (after ``PROBE_WARMUP``) and one
-    epoch-end evaluation take, here and now (other runs sharing the device included): for
-    choosing ``--epochs`` to fit a time budget (training/device/sweep.sh's @EPOCHS)."""
+def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epoch_end,
+          device: torch.device) -> dict:
+    """How long the schedule's first ``steps`` steps (after ``PROBE_WARMUP``), one epoch-end
+    evaluation and the writing after it (``epoch_end(result)``: the checkpoint and an export,
+    which a run makes only when an epoch improves, so an upper bound) take, here and now
+    (other runs sharing the device included): for choosing ``--epochs`` to fit a time
+    budget (training/device/sweep.sh's @EPOCHS)."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     orders: dict[int, torch.Tensor] = {}
 
@@ -268,21 +272,28 @@ def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, dev
             orders[epoch] = epoch_order(epoch)
         one_step(epoch, within, orders[epoch])
 
+    started = time.time()
     for i in range(PROBE_WARMUP):
         step(i)
     synchronize()
+    warmup = time.time() - started
     started = time.time()
     for i in range(PROBE_WARMUP, PROBE_WARMUP + steps):
         step(i)
     synchronize()
     per_step = (time.time() - started) / steps
     started = time.time()
-    validate()
+    result, _ = validate()
     synchronize()
     evaluation = time.time() - started
+    started = time.time()
+    epoch_end(result)
+    writing = time.time() - started
     return {"steps": steps, "seconds_per_step": round(per_step, 5), "steps_per_epoch": steps_per_epoch,
-            "evaluation_seconds": round(evaluation, 3),
-            "seconds_per_epoch": round(per_step * steps_per_epoch + evaluation, 3), "device": str(device)}
+            "warmup_steps": PROBE_WARMUP, "warmup_seconds": round(warmup, 3),
+            "evaluation_seconds": round(evaluation, 3), "writing_seconds": round(writing, 3),
+            "seconds_per_epoch": round(per_step * steps_per_epoch + evaluation + writing, 3),
+            "device": str(device)}
 
 
 def checkpoint_args(args: argparse.Namespace) -> dict:
@@ -380,7 +391,7 @@ def main(argv=None) -> int:
         state["sums"][1] += acc_sum
         running.zero_()
 
-    def save_checkpoint():
+    def save_checkpoint(last: Path = last):
         tmp = last.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state,
@@ -391,6 +402,42 @@ def main(argv=None) -> int:
     data_sha = sha256_file(args.data)
     commit = git_commit()
     log_path = ckpt_dir / "log.jsonl"
+
+    def export(out: Path, epoch: int, accuracy_flip: float) -> None:
+        """The weights kept, as shipped (fp16) with their manifest, into ``out``."""
+        # The manifest's metrics are those of the weights as shipped (fp16, normalised by
+        # the manifest's input), as `python -m training.evaluate --update-manifest` computes
+        # them; the fp32 figure that chose this epoch is kept in training.selected_by.
+        export_weights(net, out, {
+            "input": input_spec(mean, std),
+            "training": {"command": command, "epochs": args.epochs, "best_epoch": epoch,
+                         "selected_by": {"accuracy_flip_fp32": accuracy_flip},
+                         "git_commit": commit, "data": args.data.name, "data_sha256": data_sha,
+                         **({"soft_labels": {"votes": args.soft_labels.name,
+                                             "votes_sha256": sha256_file(args.soft_labels),
+                                             "weight": args.soft_weight,
+                                             "recipe": "training/ferplus.py"}} if args.soft_labels else {}),
+                         **({"distillation": {"teachers": teachers.describe(),
+                                              "weight": args.distil_weight,
+                                              "temperature": args.distil_temperature,
+                                              "teacher_flip": True}} if teachers else {}),
+                         **({"mixing": {"mixup_alpha": args.mixup, "cutmix_alpha": args.cutmix}}
+                            if mixing else {}),
+                         **({"ema": {"decay": args.ema, "use_buffers": True}} if ema else {}),
+                         **({"init": {"sha256": init.sha256, "training": init.manifest.get("training")}}
+                            if init else {}),
+                         "seconds": round(state["seconds"]), "torch": torch.__version__,
+                         "machine": f"{platform.machine()}, {args.device}, {args.threads} threads, "
+                                    f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
+        })
+        written = load_network(out)  # the fp16 weights as written, evaluated where training runs
+        written.net.to(args.device)
+        manifest = update_manifest(out, val_x, val_y, data=args.data, loaded=written)
+        shipped = manifest["metrics"]
+        print(f"exported weights to {out} (sha256 {manifest['sha256'][:12]}; as shipped: accuracy "
+              f"{shipped['accuracy']}, flip {shipped['accuracy_flip']}, sample {shipped['sample']['accuracy']})",
+              flush=True)
+
     try:
         from tqdm import tqdm
     except ImportError:  # the progress bar is a nicety, not a requirement
@@ -427,8 +474,19 @@ def main(argv=None) -> int:
         return evaluate(net, val_x, val_y, mean, std), (evaluate(model, val_x, val_y, mean, std) if ema else None)
 
     if args.probe:
-        print(json.dumps({"probe": probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, device)}),
-              flush=True)
+        if PROBE_WARMUP + args.probe > steps_per_epoch * args.epochs:
+            print(f"--probe {args.probe}: the schedule has only {steps_per_epoch * args.epochs} steps "
+                  f"({PROBE_WARMUP} of them untimed); probe fewer or give more --epochs", file=sys.stderr)
+            return 2
+        def epoch_end(result: dict) -> None:  # what an improving epoch writes, into a folder then removed
+            with tempfile.TemporaryDirectory(prefix="probe-") as where:
+                save_checkpoint(Path(where) / "last.pt")
+                torch.save(net.state_dict(), Path(where) / "best.pt")
+                if not args.no_export:
+                    export(Path(where) / "model", 1, result["flip"]["accuracy"])
+
+        print(json.dumps({"probe": probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end,
+                                         device)}), flush=True)
         return 0
 
     while state["epoch"] < args.epochs:
@@ -474,38 +532,7 @@ def main(argv=None) -> int:
             state["best"] = result["flip"]["accuracy"]
             torch.save(net.state_dict(), ckpt_dir / "best.pt")
             if not args.no_export:
-                # The manifest's metrics are those of the weights as shipped (fp16, normalised by
-                # the manifest's input), as `python -m training.evaluate --update-manifest` computes
-                # them; the fp32 figure that chose this epoch is kept in training.selected_by.
-                export_weights(net, args.out, {
-                    "input": input_spec(mean, std),
-                    "training": {"command": command, "epochs": args.epochs, "best_epoch": epoch + 1,
-                                 "selected_by": {"accuracy_flip_fp32": result["flip"]["accuracy"]},
-                                 "git_commit": commit, "data": args.data.name, "data_sha256": data_sha,
-                                 **({"soft_labels": {"votes": args.soft_labels.name,
-                                                     "votes_sha256": sha256_file(args.soft_labels),
-                                                     "weight": args.soft_weight,
-                                                     "recipe": "training/ferplus.py"}} if args.soft_labels else {}),
-                                 **({"distillation": {"teachers": teachers.describe(),
-                                                      "weight": args.distil_weight,
-                                                      "temperature": args.distil_temperature,
-                                                      "teacher_flip": True}} if teachers else {}),
-                                 **({"mixing": {"mixup_alpha": args.mixup, "cutmix_alpha": args.cutmix}}
-                                    if mixing else {}),
-                                 **({"ema": {"decay": args.ema, "use_buffers": True}} if ema else {}),
-                                 **({"init": {"sha256": init.sha256, "training": init.manifest.get("training")}}
-                                    if init else {}),
-                                 "seconds": round(state["seconds"]), "torch": torch.__version__,
-                                 "machine": f"{platform.machine()}, {args.device}, {args.threads} threads, "
-                                            f"{'bf16 autocast' if args.bf16 else 'fp32'}"},
-                })
-                written = load_network(args.out)  # the fp16 weights as written, evaluated where training runs
-                written.net.to(args.device)
-                manifest = update_manifest(args.out, val_x, val_y, data=args.data, loaded=written)
-                shipped = manifest["metrics"]
-                print(f"exported weights to {args.out} (sha256 {manifest['sha256'][:12]}; as shipped: accuracy "
-                      f"{shipped['accuracy']}, flip {shipped['accuracy_flip']}, sample {shipped['sample']['accuracy']})",
-                      flush=True)
+                export(args.out, epoch + 1, result["flip"]["accuracy"])
         save_checkpoint()
     return 0
 

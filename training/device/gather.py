@@ -14,6 +14,10 @@ On the device (sweep.sh calls these; they need no torch):
 
     python -m training.device.gather collect --tmp /tmp --out $OUT --keep 3 A B C
     python -m training.device.gather heartbeat --tmp /tmp A B C
+    python -m training.device.gather epochs --tmp /tmp --left 480 A B C
+
+epochs turns each run's probe (``training.train --probe``, for ARGS holding @EPOCHS) into
+the number of epochs that fit the seconds left.
 
 collect bundles every run's files into one tar, the weights of at most --keep runs (best
 PublicTest accuracy with flip first, as long as they fit), split into parts under 16 MiB:
@@ -67,6 +71,50 @@ def heartbeat(tmp: Path, names: list[str]) -> str:
         r = last_epoch(tmp / f"ck_{n}" / "log.jsonl")
         parts.append(f"{n}:e{r['epoch']} {r['val_accuracy_flip']:.4f}" if r else f"{n}:-")
     return " ".join(parts)
+
+
+def probe_figures(log: Path) -> dict | None:
+    """The JSON that ``training.train --probe`` printed last in ``log`` (None: none there)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("probe"), dict):
+            return row["probe"]
+    return None
+
+
+def fit_epochs(figures: dict, probe_wall: float, left: float, margin: float, most: int) -> int:
+    """The most epochs of a run whose probe (``figures``, which took ``probe_wall`` seconds
+    from start to exit) says what an epoch costs, that end within ``left`` seconds with
+    ``margin`` (a fraction) to spare: the run's start-up (the probe's wall time less what it
+    timed) comes first, then every epoch: its steps, an evaluation and an improving epoch's
+    writing (checkpoint and export).  At least 1, at most ``most``."""
+    measured = (figures.get("warmup_seconds", 0.0) + figures["steps"] * figures["seconds_per_step"]
+                + figures["evaluation_seconds"] + figures.get("writing_seconds", 0.0))
+    startup = max(0.0, probe_wall - measured)
+    fit = int((left * (1.0 - margin) - startup) // figures["seconds_per_epoch"])
+    return max(1, min(most, fit))
+
+
+def epochs(tmp: Path, left: float, margin: float, most: int, names: list[str]) -> list[str]:
+    """One line per run, ``NAME EPOCHS``, from tmp/probe_NAME.log and tmp/probe_NAME.seconds
+    (sweep.sh writes both); ``NAME -`` where the probe printed nothing."""
+    lines = []
+    for n in names:
+        figures = probe_figures(tmp / f"probe_{n}.log")
+        try:
+            wall = float((tmp / f"probe_{n}.seconds").read_text())
+        except (OSError, ValueError):
+            wall = None
+        ok = figures and wall is not None and figures.get("seconds_per_epoch", 0) > 0
+        lines.append(f"{n} {fit_epochs(figures, wall, left, margin, most)}" if ok else f"{n} -")
+    return lines
 
 
 def collect(tmp: Path, out: Path, keep: int, names: list[str]) -> int:
@@ -193,6 +241,16 @@ def gather(fetched: Path, to: Path, onnx: bool) -> int:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["epochs"]:
+        p = argparse.ArgumentParser(prog="python -m training.device.gather epochs")
+        p.add_argument("--tmp", type=Path, default=Path("/tmp"))
+        p.add_argument("--left", type=float, required=True, help="seconds the runs have from now")
+        p.add_argument("--margin", type=float, default=0.1, help="fraction of --left kept spare")
+        p.add_argument("--most", type=int, default=300, help="epochs at most")
+        p.add_argument("names", nargs="+")
+        a = p.parse_args(argv[1:])
+        print("\n".join(epochs(a.tmp, a.left, a.margin, a.most, a.names)))
+        return 0
     if argv[:1] in (["collect"], ["heartbeat"]):
         p = argparse.ArgumentParser(prog=f"python -m training.device.gather {argv[0]}")
         p.add_argument("--tmp", type=Path, default=Path("/tmp"))

@@ -6,7 +6,10 @@
 #
 # NAME: letters, digits, _ and -.  ARGS: extra arguments of python -m training.train, split on
 # blanks (no quoting inside).  In ARGS, @VOTES is the unpacked FER+ votes file, @DATA the
-# unpacked npz and @TMP the scratch folder: a run's weights are at @TMP/out_NAME, so a run
+# unpacked npz, @EPOCHS the epochs that fit the time left (every run of the stage first runs
+# training.train --probe SWEEP_PROBE side by side; the time left, less SWEEP_LATER seconds
+# when later stages follow, less a SWEEP_MARGIN fraction, over the probe's seconds an
+# epoch, at most SWEEP_MOST) and @TMP the scratch folder: a run's weights are at @TMP/out_NAME, so a run
 # after --then can distil from an earlier one (--teacher @TMP/out_A), in this call or in a
 # later call on the still-warm machine.  Runs of one stage start together; --then starts a
 # new stage once every run of the one before has ended.
@@ -19,6 +22,7 @@
 #
 # Environment (defaults):
 #   PYTHON=python3  SWEEP_DEVICE=cuda  SWEEP_WALL=540 (seconds, the whole script)
+#   SWEEP_PROBE=30 SWEEP_MARGIN=0.1 SWEEP_MOST=300 SWEEP_LATER=0 (@EPOCHS, above)
 #   SWEEP_RESERVE=35 (seconds kept for collecting)  SWEEP_LIMIT=0 (>0: --limit N for every run)
 #   SWEEP_KEEP=3 (weights of at most this many runs, best PublicTest accuracy with flip first;
 #   three fp16 exports of 20.6 MiB are all that fit in 64 MiB)  SWEEP_PACK=.device  SWEEP_TMP=/tmp
@@ -35,6 +39,9 @@ LIMIT=${SWEEP_LIMIT:-0}
 KEEP=${SWEEP_KEEP:-3}
 PACK=${SWEEP_PACK:-.device}
 TMPD=${SWEEP_TMP:-/tmp}
+PROBE=${SWEEP_PROBE:-30}
+MARGIN=${SWEEP_MARGIN:-0.1}
+MOST=${SWEEP_MOST:-300}
 : "${OUT:?OUT must name the folder whose files come back (the device tool sets it)}"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/../.." || exit 2
@@ -100,22 +107,57 @@ heartbeat() {  # one line a minute: each run's last logged epoch
   done
 }
 
+build() {  # build NAME ARGS: the run's command line in cmd
+  local a=$2
+  a=${a//@VOTES/$VOTES}; a=${a//@DATA/$DATA}; a=${a//@TMP/$TMPD}
+  read -ra extra <<< "$a"
+  cmd=("$PY" -m training.train --data "$DATA" --device "$DEV" --checkpoint-dir "$TMPD/ck_$1"
+       --out "$TMPD/out_$1" --save-every 0 --threads "$threads")
+  (( LIMIT > 0 )) && cmd+=(--limit "$LIMIT")
+  cmd+=("${extra[@]}")
+}
+
 for s in $(seq 0 "$stage"); do
   idx=(); for i in "${!NAMES[@]}"; do [[ ${STAGES[$i]} == "$s" ]] && idx+=("$i"); done
   (( ${#idx[@]} )) || continue
   left=$(( T0 + WALL - RESERVE - $(date +%s) ))
   if (( left < 20 )); then say "stage $s: only ${left}s left, not started"; break; fi
   threads=${SWEEP_THREADS:-$(( CORES / ${#idx[@]} ))}; (( threads < 1 )) && threads=1
+  # @EPOCHS: every run of the stage first probes its own steps side by side (as they will
+  # share the device), then each @EPOCHS becomes the epochs that fit the time left, so that
+  # the schedule (its cosine end included) completes before the wall.
+  declare -A FIT=()
+  fitting=0; for i in "${idx[@]}"; do [[ ${ARGS[$i]} == *@EPOCHS* ]] && fitting=1; done
+  if (( fitting )); then
+    ppids=(); pnames=()
+    for i in "${idx[@]}"; do
+      n=${NAMES[$i]}; build "$n" "${ARGS[$i]//@EPOCHS/$MOST}"  # as many steps as the probe may take
+      say "stage $s: probe $n ($PROBE steps)"
+      ( p0=$(date +%s%N)
+        PYTHONPATH=$PYPATH timeout --signal=TERM --kill-after=10 "$(( left / 3 ))" "${cmd[@]}" --probe "$PROBE" \
+          > "$TMPD/probe_$n.log" 2>&1
+        ms=$(( ($(date +%s%N) - p0) / 1000000 )); printf '%d.%03d\n' $(( ms / 1000 )) $(( ms % 1000 )) > "$TMPD/probe_$n.seconds" ) &
+      ppids+=($!); pnames+=("$n")
+    done
+    wait "${ppids[@]}"
+    left=$(( T0 + WALL - RESERVE - $(date +%s) ))
+    later=0; (( s < stage )) && later=${SWEEP_LATER:-0}
+    while read -r n e; do FIT[$n]=$e; done < <($PY -m training.device.gather epochs --tmp "$TMPD" \
+        --left "$(( left - later ))" --margin "$MARGIN" --most "$MOST" "${pnames[@]}")
+    say "stage $s: @EPOCHS for ${left}s (${later}s kept for later stages): $(for n in "${pnames[@]}"; do printf '%s=%s ' "$n" "${FIT[$n]:--}"; done)"
+  fi
   pids=(); names=()
   for i in "${idx[@]}"; do
     n=${NAMES[$i]}; a=${ARGS[$i]}
-    a=${a//@VOTES/$VOTES}; a=${a//@DATA/$DATA}; a=${a//@TMP/$TMPD}
-    read -ra extra <<< "$a"
+    if [[ $a == *@EPOCHS* ]]; then
+      if [[ ${FIT[$n]:--} == - ]]; then
+        say "stage $s: $n not started: its probe printed no timings:"; tail -n 15 "$TMPD/probe_$n.log"
+        cp "$TMPD/probe_$n.log" "$TMPD/stdout_$n.log"; echo probe-failed > "$TMPD/rc_$n"; continue
+      fi
+      a=${a//@EPOCHS/${FIT[$n]}}
+    fi
+    build "$n" "$a"
     if [[ " $a " != *" --resume "* ]]; then rm -rf "$TMPD/ck_$n" "$TMPD/out_$n"; fi
-    cmd=("$PY" -m training.train --data "$DATA" --device "$DEV" --checkpoint-dir "$TMPD/ck_$n"
-         --out "$TMPD/out_$n" --save-every 0 --threads "$threads")
-    (( LIMIT > 0 )) && cmd+=(--limit "$LIMIT")
-    cmd+=("${extra[@]}")
     printf '%q ' "${cmd[@]}" > "$TMPD/cmd_$n"; echo >> "$TMPD/cmd_$n"
     echo "$s $threads $(date +%s)" > "$TMPD/meta_$n"
     say "stage $s: start $n (${left}s): ${cmd[*]:3}"
