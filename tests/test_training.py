@@ -6,7 +6,9 @@ Real: the FER2013 rows and FER+ votes in ../shared, the real network and trainin
 (on a few rows, so that it runs in seconds)."""
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -355,6 +357,16 @@ def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypat
     assert gather.epochs(tmp_path, left, 0.0, 300, ["P", "absent"]) == ["P 7", "absent -"]
     assert gather.epochs(tmp_path, left, 0.0, 5, ["P"]) == ["P 5"]
     assert gather.epochs(tmp_path, startup, 0.0, 300, ["P"]) == ["P 1"]  # one epoch at least
+
+    # and what comes back says what the fit was made from beside what the run took
+    (tmp_path / "meta_P").write_text("0 4 1000\n")
+    (tmp_path / "rc_P").write_text("0\n")
+    (tmp_path / "end_P").write_text("1234\n")
+    assert gather.collect(tmp_path, tmp_path / "out", 3, ["P"]) == 0
+    with tarfile.open(fileobj=io.BytesIO(b"".join(f.read_bytes() for f in sorted((tmp_path / "out").glob("results.tar.*"))))) as tar:
+        back = json.load(tar.extractfile("P/run.json"))
+    assert back["seconds"] == 234 and back["probe"]["seconds_per_step"] == figures["seconds_per_step"]
+    assert back["probe"]["wall_seconds"] == pytest.approx(timed + startup, abs=1e-3)
 
 
 def test_ferplus_majority_labels(training_rows):

@@ -128,7 +128,14 @@ def collect(tmp: Path, out: Path, keep: int, names: list[str]) -> int:
         run = {"name": n, "command": (tmp / f"cmd_{n}").read_text().strip() if (tmp / f"cmd_{n}").exists() else None,
                "exit": rc, "stopped_by_wall_limit": rc in ("124", "137"),
                "stage": int(meta[0]) if meta else None, "threads": int(meta[1]) if meta else None,
-               "seconds": round(time.time() - int(meta[2])) if meta else None}
+               "seconds": None}
+        if meta:  # start to end (to now when the end was not written: the collect's time)
+            end = tmp / f"end_{n}"
+            run["seconds"] = round((int(end.read_text()) if end.exists() else time.time()) - int(meta[2]))
+        figures = probe_figures(tmp / f"probe_{n}.log")
+        if figures:  # what @EPOCHS was fitted from, beside what the run then took
+            wall = tmp / f"probe_{n}.seconds"
+            run["probe"] = {**figures, **({"wall_seconds": float(wall.read_text())} if wall.exists() else {})}
         log = ck / "log.jsonl"
         if log.exists():
             files.append((f"{n}/log.jsonl", log.read_bytes()))

@@ -162,7 +162,7 @@ for s in $(seq 0 "$stage"); do
     echo "$s $threads $(date +%s)" > "$TMPD/meta_$n"
     say "stage $s: start $n (${left}s): ${cmd[*]:3}"
     ( PYTHONPATH=$PYPATH timeout --signal=TERM --kill-after=10 "$left" "${cmd[@]}" > "$TMPD/stdout_$n.log" 2>&1
-      echo $? > "$TMPD/rc_$n" ) &
+      echo $? > "$TMPD/rc_$n"; date +%s > "$TMPD/end_$n" ) &
     pids+=($!); names+=("$n")
   done
   heartbeat "${names[@]}" & hb=$!
