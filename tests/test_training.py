@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import tarfile
 from pathlib import Path
 
@@ -318,6 +320,40 @@ def test_a_resumed_run_continues_the_same_schedule(tmp_path, monkeypatch):
         train_module.main(run(tmp_path / "stopped", "--resume", "--ema", "0.5"))
 
 
+def test_a_run_exports_its_best_once_at_its_end_or_when_stopped(tmp_path, monkeypatch):
+    """The best weights are kept at each improving epoch and exported once, when the run
+    ends: at the schedule's end, or on SIGTERM (a device call's time limit), which stops it
+    mid-epoch with its best so far exported and its checkpoint resumable."""
+    exports = []
+    real_export = train_module.export_weights
+    monkeypatch.setattr(train_module, "export_weights",
+                        lambda net, out, extra: (exports.append(out), real_export(net, out, extra))[1])
+    steps = []
+    original = train_module.train_step
+
+    def step(*a, **kw):
+        steps.append(1)
+        if len(steps) == 5:  # the second epoch's second step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*a, **kw)
+
+    def args(tmp):
+        return [a for a in run(tmp) if a != "--no-export"] + ["--out", str(tmp / "model")]
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    assert train_module.main(args(tmp_path / "stopped")) == 130
+    assert exports == [tmp_path / "stopped" / "model"] and len(steps) == 5
+    manifest = json.loads((tmp_path / "stopped" / "model" / "manifest.json").read_text())
+    assert manifest["training"]["best_epoch"] == 1 and 0 <= manifest["metrics"]["accuracy_flip"] <= 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler does not outlive the run
+    assert train_module.main(args(tmp_path / "stopped") + ["--resume"]) == 0
+    assert len(exports) == 2 and len(steps) == 7  # the rest of epoch 2 (5th step again), then the export
+    whole = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)["state"]
+    manifest = json.loads((tmp_path / "stopped" / "model" / "manifest.json").read_text())
+    assert manifest["training"]["best_epoch"] == whole["best_epoch"]
+    assert manifest["training"]["selected_by"]["accuracy_flip_fp32"] == whole["best"]
+
+
 def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """--probe runs the schedule's first steps (its warm-up, then the timed ones, across
     an epoch's end) exactly as the run would, and one evaluation, prints their timings
@@ -342,18 +378,20 @@ def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypat
     assert seen["probe"] == seen["run"][:5]  # the run's own batches and learning rates
     assert figures["steps"] == 2 and figures["steps_per_epoch"] == 3 and figures["device"] == "cpu"
     assert figures["seconds_per_step"] > 0 and figures["evaluation_seconds"] > 0 and figures["writing_seconds"] > 0
+    assert figures["export_seconds"] == 0  # --no-export: no export at the run's end either
     assert figures["seconds_per_epoch"] == pytest.approx(
         3 * figures["seconds_per_step"] + figures["evaluation_seconds"] + figures["writing_seconds"], abs=1e-2)
     assert not (tmp_path / "probe").exists()
 
     # training/device/sweep.sh turns these figures into the epochs that fit the time left
     from training.device import gather
+    figures = {**figures, "export_seconds": 3.0}  # a run that exports, once, at its end
     (tmp_path / "probe_P.log").write_text("exported weights to /tmp/x\n" + json.dumps({"probe": figures}) + "\n")
     timed = (figures["warmup_seconds"] + 2 * figures["seconds_per_step"] + figures["evaluation_seconds"]
-             + figures["writing_seconds"])
+             + figures["writing_seconds"] + figures["export_seconds"])
     startup = 4.0  # the probe's wall time less what it timed: imports, data, model
     (tmp_path / "probe_P.seconds").write_text(f"{timed + startup:.3f}\n")
-    left = startup + 7.5 * figures["seconds_per_epoch"]
+    left = startup + figures["export_seconds"] + 7.5 * figures["seconds_per_epoch"]
     assert gather.epochs(tmp_path, left, 0.0, 300, ["P", "absent"]) == ["P 7", "absent -"]
     assert gather.epochs(tmp_path, left, 0.0, 5, ["P"]) == ["P 5"]
     assert gather.epochs(tmp_path, startup, 0.0, 300, ["P"]) == ["P 1"]  # one epoch at least

@@ -26,9 +26,12 @@ and training command of those weights, so the whole chain can be repeated.
 Checkpoints (every --save-every steps and at each epoch's end) go to --checkpoint-dir,
 outside the work tree; --resume continues exactly where the last one stopped (same data
 order, same augmentation).  Whenever PublicTest accuracy (with flip averaging) improves,
-the weights are exported in fp16 with their manifest to --out; the manifest's metrics
-are then those of the exported fp16 weights (training.common.update_manifest, the same
-as `python -m training.evaluate --update-manifest`).
+the weights are kept (checkpoint-dir/best.pt); when the run ends, at the schedule's end or
+stopped by SIGTERM or Ctrl-C (a device call's time limit), the best weights kept are
+exported in fp16 with their manifest to --out, once; the manifest's metrics are those of
+the exported fp16 weights (training.common.update_manifest, the same as `python -m
+training.evaluate --update-manifest`).  (Exporting at every improvement cost about as
+much as an evaluation per epoch, and in a one-cycle run nearly every epoch improves.)
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ import math
 import os
 import platform
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -256,13 +261,14 @@ def update_average(ema: torch.optim.swa_utils.AveragedModel, model: torch.nn.Mod
 PROBE_WARMUP = 3  # steps a probe does not time: cuDNN's choice of kernels, the first allocations
 
 
-def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epoch_end,
+def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epoch_end, finish,
           device: torch.device) -> dict:
     """How long the schedule's first ``steps`` steps (after ``PROBE_WARMUP``), one epoch-end
-    evaluation and the writing after it (``epoch_end(result)``: the checkpoint and an export,
-    which a run makes only when an epoch improves, so an upper bound) take, here and now
-    (other runs sharing the device included): for choosing ``--epochs`` to fit a time
-    budget (training/device/sweep.sh's @EPOCHS)."""
+    evaluation, the writing after it (``epoch_end(result)``: the checkpoint and the kept
+    weights, which a run writes only when an epoch improves, so an upper bound) and the
+    run's one export at its end (``finish(result)``) take, here and now (other runs sharing
+    the device included): for choosing ``--epochs`` to fit a time budget
+    (training/device/sweep.sh's @EPOCHS)."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     orders: dict[int, torch.Tensor] = {}
 
@@ -289,9 +295,13 @@ def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epo
     started = time.time()
     epoch_end(result)
     writing = time.time() - started
+    started = time.time()
+    finish(result)
+    export_seconds = time.time() - started
     return {"steps": steps, "seconds_per_step": round(per_step, 5), "steps_per_epoch": steps_per_epoch,
             "warmup_steps": PROBE_WARMUP, "warmup_seconds": round(warmup, 3),
             "evaluation_seconds": round(evaluation, 3), "writing_seconds": round(writing, 3),
+            "export_seconds": round(export_seconds, 3),
             "seconds_per_epoch": round(per_step * steps_per_epoch + evaluation + writing, 3),
             "device": str(device)}
 
@@ -478,62 +488,93 @@ def main(argv=None) -> int:
             print(f"--probe {args.probe}: the schedule has only {steps_per_epoch * args.epochs} steps "
                   f"({PROBE_WARMUP} of them untimed); probe fewer or give more --epochs", file=sys.stderr)
             return 2
-        def epoch_end(result: dict) -> None:  # what an improving epoch writes, into a folder then removed
-            with tempfile.TemporaryDirectory(prefix="probe-") as where:
-                save_checkpoint(Path(where) / "last.pt")
-                torch.save(net.state_dict(), Path(where) / "best.pt")
-                if not args.no_export:
-                    export(Path(where) / "model", 1, result["flip"]["accuracy"])
+        where = Path(tempfile.mkdtemp(prefix="probe-"))  # what the run writes, into a folder then removed
 
-        print(json.dumps({"probe": probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end,
-                                         device)}), flush=True)
+        def epoch_end(result: dict) -> None:  # an improving epoch
+            save_checkpoint(where / "last.pt")
+            torch.save(net.state_dict(), where / "best.pt")
+
+        def finish(result: dict) -> None:  # the run's end
+            if not args.no_export:
+                export(where / "model", 1, result["flip"]["accuracy"])
+
+        try:
+            figures = probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end, finish, device)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+        print(json.dumps({"probe": figures}), flush=True)
         return 0
 
-    while state["epoch"] < args.epochs:
-        epoch = state["epoch"]
-        order = epoch_order(epoch)
-        bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch + 1}/{args.epochs}",
-                   mininterval=1 if sys.stderr.isatty() else 60) if tqdm else None
-        started = time.time()
-        sums = state.setdefault("sums", [0.0, 0.0, 0])
-        while state["step"] < steps_per_epoch:
-            sums[2] += one_step(epoch, state["step"], order)
-            state["step"] += 1
-            if bar:
-                bar.update(1)
-                if state["step"] % 20 == 0:
+    def export_best() -> None:
+        """The best weights kept (best.pt), exported to --out: once, when the run ends."""
+        if args.no_export or not state.get("best_epoch"):
+            return  # nothing beat the start
+        net.load_state_dict(torch.load(ckpt_dir / "best.pt", map_location=args.device))
+        export(args.out, state["best_epoch"], state["best"])
+
+    def stopped(signum, frame):  # SIGTERM (a time limit's timeout): end as Ctrl-C does
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def train_epochs() -> None:
+        """The schedule's epochs from where the state stands (a resumed run: mid-epoch)."""
+        while state["epoch"] < args.epochs:
+            epoch = state["epoch"]
+            order = epoch_order(epoch)
+            bar = tqdm(total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch + 1}/{args.epochs}",
+                       mininterval=1 if sys.stderr.isatty() else 60) if tqdm else None
+            started = time.time()
+            sums = state.setdefault("sums", [0.0, 0.0, 0])
+            while state["step"] < steps_per_epoch:
+                sums[2] += one_step(epoch, state["step"], order)
+                state["step"] += 1
+                if bar:
+                    bar.update(1)
+                    if state["step"] % 20 == 0:
+                        fold()
+                        bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
+                                        lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+                if args.save_every and state["step"] % args.save_every == 0:
+                    state["seconds"] += time.time() - started
+                    started = time.time()
                     fold()
-                    bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", acc=f"{sums[1] / sums[2]:.3f}",
-                                    lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-            if args.save_every and state["step"] % args.save_every == 0:
-                state["seconds"] += time.time() - started
-                started = time.time()
-                fold()
-                save_checkpoint()
-        fold()
-        if bar:
-            bar.close()
-        state["seconds"] += time.time() - started
-        result, raw = validate()
-        record = {"epoch": epoch + 1, "train_loss": round(sums[0] / sums[2], 4),
-                  "train_accuracy": round(sums[1] / sums[2], 4), "lr": scheduler.get_last_lr()[0],
-                  "val_accuracy": result["plain"]["accuracy"], "val_macro_f1": result["plain"]["macro_f1"],
-                  "val_accuracy_flip": result["flip"]["accuracy"], "val_macro_f1_flip": result["flip"]["macro_f1"],
-                  **({"raw_val_accuracy": raw["plain"]["accuracy"], "raw_val_accuracy_flip": raw["flip"]["accuracy"]}
-                     if raw else {}),
-                  "seconds": round(state["seconds"])}
-        print(json.dumps(record), flush=True)
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0])
-        if epoch + 1 > args.epochs - args.keep_epochs:  # for stochastic weight averaging
-            torch.save(net.state_dict(), ckpt_dir / f"epoch-{epoch + 1:03d}.pt")
-        if result["flip"]["accuracy"] > state["best"]:
-            state["best"] = result["flip"]["accuracy"]
-            torch.save(net.state_dict(), ckpt_dir / "best.pt")
-            if not args.no_export:
-                export(args.out, epoch + 1, result["flip"]["accuracy"])
-        save_checkpoint()
+                    save_checkpoint()
+            fold()
+            if bar:
+                bar.close()
+            state["seconds"] += time.time() - started
+            result, raw = validate()
+            record = {"epoch": epoch + 1, "train_loss": round(sums[0] / sums[2], 4),
+                      "train_accuracy": round(sums[1] / sums[2], 4), "lr": scheduler.get_last_lr()[0],
+                      "val_accuracy": result["plain"]["accuracy"], "val_macro_f1": result["plain"]["macro_f1"],
+                      "val_accuracy_flip": result["flip"]["accuracy"], "val_macro_f1_flip": result["flip"]["macro_f1"],
+                      **({"raw_val_accuracy": raw["plain"]["accuracy"], "raw_val_accuracy_flip": raw["flip"]["accuracy"]}
+                         if raw else {}),
+                      "seconds": round(state["seconds"])}
+            print(json.dumps(record), flush=True)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0])
+            if epoch + 1 > args.epochs - args.keep_epochs:  # for stochastic weight averaging
+                torch.save(net.state_dict(), ckpt_dir / f"epoch-{epoch + 1:03d}.pt")
+            if result["flip"]["accuracy"] > state["best"]:
+                state.update(best=result["flip"]["accuracy"], best_epoch=epoch + 1)
+                torch.save(net.state_dict(), ckpt_dir / "best.pt")
+            save_checkpoint()
+
+    previous = signal.signal(signal.SIGTERM, stopped), signal.getsignal(signal.SIGINT)
+    try:
+        train_epochs()
+    except KeyboardInterrupt:
+        print("stopped: exporting the best weights kept so far; --resume goes on from the last checkpoint",
+              file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the export is not cut short by a second signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        export_best()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+    export_best()
     return 0
 
 

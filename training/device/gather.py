@@ -93,12 +93,13 @@ def fit_epochs(figures: dict, probe_wall: float, left: float, margin: float, mos
     """The most epochs of a run whose probe (``figures``, which took ``probe_wall`` seconds
     from start to exit) says what an epoch costs, that end within ``left`` seconds with
     ``margin`` (a fraction) to spare: the run's start-up (the probe's wall time less what it
-    timed) comes first, then every epoch: its steps, an evaluation and an improving epoch's
-    writing (checkpoint and export).  At least 1, at most ``most``."""
+    timed) and its one export at the end, then every epoch: its steps, an evaluation and an
+    improving epoch's writing (checkpoint and kept weights).  At least 1, at most ``most``."""
+    export = figures.get("export_seconds", 0.0)
     measured = (figures.get("warmup_seconds", 0.0) + figures["steps"] * figures["seconds_per_step"]
-                + figures["evaluation_seconds"] + figures.get("writing_seconds", 0.0))
+                + figures["evaluation_seconds"] + figures.get("writing_seconds", 0.0) + export)
     startup = max(0.0, probe_wall - measured)
-    fit = int((left * (1.0 - margin) - startup) // figures["seconds_per_epoch"])
+    fit = int((left * (1.0 - margin) - startup - export) // figures["seconds_per_epoch"])
     return max(1, min(most, fit))
 
 
