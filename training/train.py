@@ -41,7 +41,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -488,8 +487,6 @@ def main(argv=None) -> int:
             print(f"--probe {args.probe}: the schedule has only {steps_per_epoch * args.epochs} steps "
                   f"({PROBE_WARMUP} of them untimed); probe fewer or give more --epochs", file=sys.stderr)
             return 2
-        where = Path(tempfile.mkdtemp(prefix="probe-"))  # what the run writes, into a folder then removed
-
         def epoch_end(result: dict) -> None:  # an improving epoch
             save_checkpoint(where / "last.pt")
             torch.save(net.state_dict(), where / "best.pt")
@@ -498,10 +495,9 @@ def main(argv=None) -> int:
             if not args.no_export:
                 export(where / "model", 1, result["flip"]["accuracy"])
 
-        try:
+        with tempfile.TemporaryDirectory(prefix="probe-") as folder:  # what the run writes, then removed
+            where = Path(folder)
             figures = probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end, finish, device)
-        finally:
-            shutil.rmtree(where, ignore_errors=True)
         print(json.dumps({"probe": figures}), flush=True)
         return 0
 
@@ -564,7 +560,8 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, stopped), signal.getsignal(signal.SIGINT)
     try:
         train_epochs()
-    except KeyboardInterrupt:
+        export_best()
+    except KeyboardInterrupt:  # also one that cut the end's export short: it is made again
         print("stopped: exporting the best weights kept so far; --resume goes on from the last checkpoint",
               file=sys.stderr, flush=True)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the export is not cut short by a second signal
@@ -574,7 +571,6 @@ def main(argv=None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous[0])
         signal.signal(signal.SIGINT, previous[1])
-    export_best()
     return 0
 
 
