@@ -379,6 +379,7 @@ def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypat
     assert figures["steps"] == 2 and figures["steps_per_epoch"] == 3 and figures["device"] == "cpu"
     assert figures["seconds_per_step"] > 0 and figures["evaluation_seconds"] > 0 and figures["writing_seconds"] > 0
     assert figures["export_seconds"] == 0  # --no-export: no export at the run's end either
+    assert figures["eval_last"] == 0  # every epoch evaluated (--eval-last: training/device/gather.fit_epochs)
     assert figures["seconds_per_epoch"] == pytest.approx(
         3 * figures["seconds_per_step"] + figures["evaluation_seconds"] + figures["writing_seconds"], abs=1e-2)
     assert not (tmp_path / "probe").exists()
@@ -405,6 +406,36 @@ def test_a_probe_times_the_runs_own_steps_and_writes_nothing(tmp_path, monkeypat
         back = json.load(tar.extractfile("P/run.json"))
     assert back["seconds"] == 234 and back["probe"]["seconds_per_step"] == figures["seconds_per_step"]
     assert back["probe"]["wall_seconds"] == pytest.approx(timed + startup, abs=1e-3)
+
+
+def test_a_run_evaluates_only_its_last_epochs_with_eval_last(tmp_path, monkeypatch):
+    """--eval-last 1 over two epochs: the first epoch logs its training figures only (no
+    PublicTest pass, never kept as the best), the last is evaluated and kept; the device
+    tools read such a log, and @EPOCHS fits more epochs when only the last N evaluate."""
+    passes = []
+    original = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate", lambda *a, **kw: (passes.append(1), original(*a, **kw))[1])
+    assert train_module.main(run(tmp_path, "--eval-last", "1")) == 0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert "val_accuracy_flip" not in log[0] and 0 <= log[0]["train_accuracy"] <= 1
+    assert 0 <= log[1]["val_accuracy_flip"] <= 1 and 0 <= log[1]["raw_val_accuracy_flip"] <= 1
+    assert len(passes) == 2  # epoch 2 only: the moving average and the raw weights beside it
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["state"]["best_epoch"] == 2
+
+    from training.device import gather
+    assert gather.best_epoch(tmp_path / "log.jsonl")["epoch"] == 2
+    (tmp_path.parent / "ck_R").mkdir()
+    (tmp_path.parent / "ck_R" / "log.jsonl").write_text(json.dumps(log[0]) + "\n")
+    assert gather.heartbeat(tmp_path.parent, ["R"]) == "R:e1"
+    assert gather.best_epoch(tmp_path.parent / "ck_R" / "log.jsonl") is None
+    # an evaluated epoch costs 10 s of steps + 6 s of evaluation and writing; no start-up
+    figures = {"steps": 2, "seconds_per_step": 1.0, "steps_per_epoch": 10, "warmup_seconds": 0.0,
+               "evaluation_seconds": 5.0, "writing_seconds": 1.0, "export_seconds": 0.0,
+               "seconds_per_epoch": 16.0}
+    assert gather.fit_epochs(figures, 8.0, 123.0, 0.0, 300) == 7  # every epoch evaluated
+    assert gather.fit_epochs({**figures, "eval_last": 3}, 8.0, 123.0, 0.0, 300) == 10  # 3 x 16 + 7 x 10
+    assert gather.fit_epochs({**figures, "eval_last": 3}, 8.0, 40.0, 0.0, 300) == 2  # fewer than N fit
 
 
 def test_ferplus_majority_labels(training_rows):

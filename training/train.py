@@ -32,6 +32,8 @@ exported in fp16 with their manifest to --out, once; the manifest's metrics are 
 the exported fp16 weights (training.common.update_manifest, the same as `python -m
 training.evaluate --update-manifest`).  (Exporting at every improvement cost about as
 much as an evaluation per epoch, and in a one-cycle run nearly every epoch improves.)
+--eval-last N evaluates only the last N epochs (a one-cycle schedule's best is at its low
+learning rates, near the end): on a GPU an evaluation costs about half an epoch's steps.
 """
 from __future__ import annotations
 
@@ -104,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "writing no checkpoint, log or weights (for choosing --epochs to fit a time budget)")
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="evaluate and export an exponential moving average of the weights, e.g. 0.998 (0: off)")
+    p.add_argument("--eval-last", type=int, default=0, metavar="N",
+                   help="evaluate PublicTest only after the last N epochs (0: after every epoch); the "
+                        "epochs before log their training figures only and are never kept as the best")
     return p.parse_args(argv)
 
 
@@ -261,13 +266,14 @@ PROBE_WARMUP = 3  # steps a probe does not time: cuDNN's choice of kernels, the 
 
 
 def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epoch_end, finish,
-          device: torch.device) -> dict:
+          device: torch.device, eval_last: int = 0) -> dict:
     """How long the schedule's first ``steps`` steps (after ``PROBE_WARMUP``), one epoch-end
     evaluation, the writing after it (``epoch_end(result)``: the checkpoint and the kept
     weights, which a run writes only when an epoch improves, so an upper bound) and the
     run's one export at its end (``finish(result)``) take, here and now (other runs sharing
     the device included): for choosing ``--epochs`` to fit a time budget
-    (training/device/sweep.sh's @EPOCHS)."""
+    (training/device/sweep.sh's @EPOCHS).  ``seconds_per_epoch`` is an evaluated epoch's;
+    ``eval_last`` (--eval-last) says how many epochs are evaluated (0: all)."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     orders: dict[int, torch.Tensor] = {}
 
@@ -302,6 +308,7 @@ def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epo
             "evaluation_seconds": round(evaluation, 3), "writing_seconds": round(writing, 3),
             "export_seconds": round(export_seconds, 3),
             "seconds_per_epoch": round(per_step * steps_per_epoch + evaluation + writing, 3),
+            "eval_last": eval_last,
             "device": str(device)}
 
 
@@ -353,8 +360,8 @@ def main(argv=None) -> int:
                                                   args.soft_weight)).to(device)
     if not 0.0 <= args.distil_weight <= 1.0 or args.distil_temperature <= 0:
         sys.exit("--distil-weight must be in [0, 1] and --distil-temperature above 0")
-    if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.ema < 1.0:
-        sys.exit("--mixup and --cutmix must be 0 (off) or above, --ema in [0, 1)")
+    if args.mixup < 0 or args.cutmix < 0 or not 0.0 <= args.ema < 1.0 or args.eval_last < 0:
+        sys.exit("--mixup and --cutmix must be 0 (off) or above, --ema in [0, 1), --eval-last 0 (all) or above")
     mixing = args.mixup > 0 or args.cutmix > 0
     teachers = Teachers(args.teacher, mean, std, args.device, args.bf16) if args.teacher else None
     steps_per_epoch = math.ceil(len(train_t) / args.batch_size)
@@ -497,7 +504,8 @@ def main(argv=None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="probe-") as folder:  # what the run writes, then removed
             where = Path(folder)
-            figures = probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end, finish, device)
+            figures = probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end, finish, device,
+                            args.eval_last)
         print(json.dumps({"probe": figures}), flush=True)
         return 0
 
@@ -538,21 +546,24 @@ def main(argv=None) -> int:
             if bar:
                 bar.close()
             state["seconds"] += time.time() - started
-            result, raw = validate()
             record = {"epoch": epoch + 1, "train_loss": round(sums[0] / sums[2], 4),
-                      "train_accuracy": round(sums[1] / sums[2], 4), "lr": scheduler.get_last_lr()[0],
-                      "val_accuracy": result["plain"]["accuracy"], "val_macro_f1": result["plain"]["macro_f1"],
-                      "val_accuracy_flip": result["flip"]["accuracy"], "val_macro_f1_flip": result["flip"]["macro_f1"],
-                      **({"raw_val_accuracy": raw["plain"]["accuracy"], "raw_val_accuracy_flip": raw["flip"]["accuracy"]}
-                         if raw else {}),
-                      "seconds": round(state["seconds"])}
+                      "train_accuracy": round(sums[1] / sums[2], 4), "lr": scheduler.get_last_lr()[0]}
+            result = None
+            if not args.eval_last or epoch + 1 > args.epochs - args.eval_last:
+                result, raw = validate()
+                record.update({
+                    "val_accuracy": result["plain"]["accuracy"], "val_macro_f1": result["plain"]["macro_f1"],
+                    "val_accuracy_flip": result["flip"]["accuracy"], "val_macro_f1_flip": result["flip"]["macro_f1"],
+                    **({"raw_val_accuracy": raw["plain"]["accuracy"], "raw_val_accuracy_flip": raw["flip"]["accuracy"]}
+                       if raw else {})})
+            record["seconds"] = round(state["seconds"])
             print(json.dumps(record), flush=True)
             with open(log_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             state.update(epoch=epoch + 1, step=0, sums=[0.0, 0.0, 0])
             if epoch + 1 > args.epochs - args.keep_epochs:  # for stochastic weight averaging
                 torch.save(net.state_dict(), ckpt_dir / f"epoch-{epoch + 1:03d}.pt")
-            if result["flip"]["accuracy"] > state["best"]:
+            if result and result["flip"]["accuracy"] > state["best"]:
                 state.update(best=result["flip"]["accuracy"], best_epoch=epoch + 1)
                 torch.save(net.state_dict(), ckpt_dir / "best.pt")
             save_checkpoint()

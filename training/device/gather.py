@@ -60,7 +60,8 @@ def best_epoch(log: Path) -> dict | None:
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return None
-    return max(rows, key=lambda r: r.get("val_accuracy_flip", -1)) if rows else None
+    rows = [r for r in rows if "val_accuracy_flip" in r]  # --eval-last: the epochs evaluated
+    return max(rows, key=lambda r: r["val_accuracy_flip"]) if rows else None
 
 
 # ---- on the device -----------------------------------------------------------------------
@@ -69,7 +70,8 @@ def heartbeat(tmp: Path, names: list[str]) -> str:
     parts = []
     for n in names:
         r = last_epoch(tmp / f"ck_{n}" / "log.jsonl")
-        parts.append(f"{n}:e{r['epoch']} {r['val_accuracy_flip']:.4f}" if r else f"{n}:-")
+        flip = f" {r['val_accuracy_flip']:.4f}" if r and "val_accuracy_flip" in r else ""  # --eval-last: not every epoch
+        parts.append(f"{n}:e{r['epoch']}{flip}" if r else f"{n}:-")
     return " ".join(parts)
 
 
@@ -94,12 +96,18 @@ def fit_epochs(figures: dict, probe_wall: float, left: float, margin: float, mos
     from start to exit) says what an epoch costs, that end within ``left`` seconds with
     ``margin`` (a fraction) to spare: the run's start-up (the probe's wall time less what it
     timed) and its one export at the end, then every epoch: its steps, an evaluation and an
-    improving epoch's writing (checkpoint and kept weights).  At least 1, at most ``most``."""
+    improving epoch's writing (checkpoint and kept weights); with ``eval_last`` N (--eval-last),
+    only the last N epochs evaluate and write, the others cost their steps alone.  At least 1,
+    at most ``most``."""
     export = figures.get("export_seconds", 0.0)
     measured = (figures.get("warmup_seconds", 0.0) + figures["steps"] * figures["seconds_per_step"]
                 + figures["evaluation_seconds"] + figures.get("writing_seconds", 0.0) + export)
     startup = max(0.0, probe_wall - measured)
-    fit = int((left * (1.0 - margin) - startup - export) // figures["seconds_per_epoch"])
+    budget = left * (1.0 - margin) - startup - export
+    evaluated, last = figures["seconds_per_epoch"], figures.get("eval_last", 0)
+    fit = int(budget // evaluated)
+    if last and fit > last:  # the epochs before the last N: steps only
+        fit = last + int((budget - last * evaluated) // (figures["seconds_per_step"] * figures["steps_per_epoch"]))
     return max(1, min(most, fit))
 
 
