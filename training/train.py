@@ -33,7 +33,7 @@ the exported fp16 weights (training.common.update_manifest, the same as `python 
 training.evaluate --update-manifest`).  (Exporting at every improvement cost about as
 much as an evaluation per epoch, and in a one-cycle run nearly every epoch improves.)
 --eval-last N evaluates only the last N epochs (a one-cycle schedule's best is at its low
-learning rates, near the end): on a GPU an evaluation costs about half an epoch's steps.
+learning rates, near the end): on the H200, evaluation and export took about 4 s of a 9.75 s epoch.
 """
 from __future__ import annotations
 
