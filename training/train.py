@@ -266,14 +266,13 @@ PROBE_WARMUP = 3  # steps a probe does not time: cuDNN's choice of kernels, the 
 
 
 def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epoch_end, finish,
-          device: torch.device, eval_last: int = 0) -> dict:
+          device: torch.device) -> dict:
     """How long the schedule's first ``steps`` steps (after ``PROBE_WARMUP``), one epoch-end
     evaluation, the writing after it (``epoch_end(result)``: the checkpoint and the kept
     weights, which a run writes only when an epoch improves, so an upper bound) and the
     run's one export at its end (``finish(result)``) take, here and now (other runs sharing
     the device included): for choosing ``--epochs`` to fit a time budget
-    (training/device/sweep.sh's @EPOCHS).  ``seconds_per_epoch`` is an evaluated epoch's;
-    ``eval_last`` (--eval-last) says how many epochs are evaluated (0: all)."""
+    (training/device/sweep.sh's @EPOCHS).  ``seconds_per_epoch`` is an evaluated epoch's."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     orders: dict[int, torch.Tensor] = {}
 
@@ -308,7 +307,6 @@ def probe(steps: int, steps_per_epoch: int, epoch_order, one_step, validate, epo
             "evaluation_seconds": round(evaluation, 3), "writing_seconds": round(writing, 3),
             "export_seconds": round(export_seconds, 3),
             "seconds_per_epoch": round(per_step * steps_per_epoch + evaluation + writing, 3),
-            "eval_last": eval_last,
             "device": str(device)}
 
 
@@ -504,9 +502,9 @@ def main(argv=None) -> int:
 
         with tempfile.TemporaryDirectory(prefix="probe-") as folder:  # what the run writes, then removed
             where = Path(folder)
-            figures = probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end, finish, device,
-                            args.eval_last)
-        print(json.dumps({"probe": figures}), flush=True)
+            figures = probe(args.probe, steps_per_epoch, epoch_order, one_step, validate, epoch_end, finish, device)
+        # with the epochs evaluated (0: all), for the fit (training/device/gather.fit_epochs)
+        print(json.dumps({"probe": {**figures, "eval_last": args.eval_last}}), flush=True)
         return 0
 
     def export_best() -> None:
