@@ -398,6 +398,32 @@ def test_average_refuses_a_source_it_cannot_use(tmp_path):
         assert str(exc.value).startswith(f"refused: {source}: {reason}"), exc.value
 
 
+def test_average_of_checkpoints_takes_its_normalisation_from_input_from(tmp_path, manifest, capsys):
+    """train.py's epoch files carry no manifest: without a model directory the average
+    refuses to guess the input normalisation; --input-from names the directory they were
+    warm-started from, and the export carries that directory's normalisation, not its
+    weights (here the shipped weights' own checkpoint: the same network comes back)."""
+    from training import average
+    epoch = tmp_path / "epoch-008.pt"
+    torch.save(load_network(MODEL_DIR).net.state_dict(), epoch)
+    with pytest.raises(SystemExit) as exc:
+        average.main([str(epoch), "--threads", "1", "--data", str(require_data())])
+    assert "--input-from" in str(exc.value)
+    with pytest.raises(SystemExit) as exc:
+        average.main([str(epoch), "--input-from", str(tmp_path), "--threads", "1"])
+    assert str(exc.value).startswith(f"refused: --input-from {tmp_path}: no manifest.json"), exc.value
+
+    out = tmp_path / "avg"
+    assert average.main([str(epoch), "--input-from", str(MODEL_DIR), "--bn-rows", "2048", "--out", str(out),
+                         "--threads", "2", "--data", str(require_data())]) == 0
+    exported = json.loads((out / "manifest.json").read_text())
+    assert exported["input"] == manifest["input"]
+    assert exported["training"]["input_from"] == str(MODEL_DIR)
+    assert [s["path"] for s in exported["training"]["sources"]] == [str(epoch)]
+    shipped = manifest["metrics"]["accuracy"]
+    assert abs(exported["metrics"]["accuracy"] - shipped) < 0.01, (exported["metrics"], shipped)
+
+
 def test_average_is_the_mean_and_batchnorm_is_recomputed(manifest, sample):
     images, labels, probs = sample
     spec = manifest["input"]

@@ -9,8 +9,11 @@ mean are not the mean of the statistics, so they are recomputed by one pass over
 Training rows (``torch.optim.swa_utils.update_bn``, in train mode as in training).
 
 Sources: model directories (manifest.json + weights, sha256-checked) or ``.pt`` files
-that train.py writes (``best.pt`` state_dicts, ``last.pt`` checkpoints).  The input
-normalisation is the first model directory's; every model directory must agree with it.
+that train.py writes (``best.pt`` state_dicts, ``last.pt`` checkpoints, ``epoch-NNN.pt``).
+The input normalisation is the first model directory's; every model directory must agree
+with it.  When every source is a ``.pt`` file (the epochs of one warm start, say),
+``--input-from MODEL_DIR`` names the model directory whose normalisation they were trained
+with (the one ``--init`` gave them); its weights are not averaged.
 Prints the PublicTest figures of the average (plain and flip, fp32); with ``--out`` it
 exports the average (fp16) with a manifest that records the sources and this command,
 and then recomputes the manifest's metrics from the weights as shipped.
@@ -40,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("sources", nargs="+", type=Path, help="model directories or train.py .pt files")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="FER2013 npz (images, labels, usage)")
     p.add_argument("--out", type=Path, help="export the average here (manifest.json + fp16 weights)")
+    p.add_argument("--input-from", type=Path, metavar="MODEL_DIR",
+                   help="take the input normalisation from this model directory (its weights are not averaged)")
     p.add_argument("--batch-size", type=int, default=256, help="batch of the BatchNorm pass")
     p.add_argument("--bn-rows", type=int, default=0, metavar="N",
                    help="recompute BatchNorm on N fixed Training rows (default: all 28,709; about 12 min on 2 cores)")
@@ -66,6 +71,16 @@ def load_source(path: Path) -> tuple[dict, dict | None]:
         sys.exit(f"refused: {path}: not the ResNet9's parameters (names or shapes differ)")
 
 
+def input_manifest(directory: Path) -> dict:
+    """The manifest of the model directory --input-from names (only its ``input`` is used)."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["input"]["mean"], manifest["input"]["std"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        sys.exit(f"refused: --input-from {directory}: no manifest.json with an input normalisation ({exc})")
+    return manifest
+
+
 def average_states(states: list[dict]) -> dict:
     """Equal-weight mean of the floating-point entries; the rest (BatchNorm's batch
     counters) from the first state."""
@@ -88,8 +103,10 @@ def main(argv=None) -> int:
     started = time.time()
     loaded = [load_source(p) for p in args.sources]
     manifests = [m for _, m in loaded if m is not None]
+    if args.input_from:
+        manifests.insert(0, input_manifest(args.input_from))
     if not manifests:
-        sys.exit("give at least one model directory: its manifest says how inputs are normalised")
+        sys.exit("give at least one model directory, or --input-from one: its manifest says how inputs are normalised")
     spec = manifests[0]["input"]
     if any(m["input"] != spec for m in manifests):
         sys.exit("the model directories normalise their inputs differently; they cannot be averaged")
@@ -117,6 +134,7 @@ def main(argv=None) -> int:
                          "sources": [{"path": str(p), **({"sha256": m["sha256"], "training": m.get("training")}
                                                          if m else {"sha256": sha256_file(p)})}
                                      for p, (_, m) in zip(args.sources, loaded)],
+                         **({"input_from": str(args.input_from)} if args.input_from else {}),
                          "data": args.data.name, "data_sha256": sha256_file(args.data),
                          "torch": torch.__version__,
                          "machine": f"{platform.machine()}, cpu, {args.threads} threads"},
