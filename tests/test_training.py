@@ -229,6 +229,16 @@ def test_distillation_loss_drops_in_a_few_steps(training_rows):
     assert after < 0.8 * before, (before, after)
 
 
+def test_bf16_autocast_is_on_by_default_only_where_it_is_native(monkeypatch):
+    # emulated bf16 made a CPU without AVX-512 BF16 train >6x slower than fp32 (training/runs/cpu/README.md)
+    assert train_module.native_bf16("cpu") == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    for native in (False, True):
+        monkeypatch.setattr(train_module, "native_bf16", lambda device, native=native: native)
+        assert train_module.parse_args(["--device", "cpu"]).bf16 is native
+        assert train_module.parse_args(["--device", "cpu", "--bf16"]).bf16 is True
+        assert train_module.parse_args(["--device", "cpu", "--no-bf16"]).bf16 is False
+
+
 def test_the_moving_average_is_the_librarys(training_rows):
     """train.update_average (no host reads of the update count) keeps the same moving
     average of the weights and BatchNorm statistics as torch's own

@@ -73,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--erasing", type=float, default=0.5, help="probability of random erasing")
     p.add_argument("--seed", type=int, default=8)
     p.add_argument("--threads", type=int, default=available_cpus())
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on where --device computes bf16 natively: a cuda GPU that "
+                        "supports it, or a CPU with AVX-512 BF16/AMX; elsewhere it is emulated and slower than fp32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default: cuda when there is one); the data, augmentation and mixing run there, "
                         "their random numbers are drawn on the CPU (the same images on either)")
@@ -109,7 +111,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-last", type=int, default=0, metavar="N",
                    help="evaluate PublicTest only after the last N epochs (0: after every epoch); the "
                         "epochs before log their training figures only and are never kept as the best")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.bf16 is None:
+        args.bf16 = native_bf16(args.device)
+    return args
+
+
+def native_bf16(device: str) -> bool:
+    """Whether bf16 autocast runs natively on this device (else it is emulated, slower than fp32)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class Teachers:
