@@ -14,9 +14,10 @@ The input normalisation is the first model directory's; every model directory mu
 with it.  When every source is a ``.pt`` file (the epochs of one warm start, say),
 ``--input-from MODEL_DIR`` names the model directory whose normalisation they were trained
 with (the one ``--init`` gave them); its weights are not averaged.
-Prints the PublicTest figures of the average (plain and flip, fp32); with ``--out`` it
-exports the average (fp16) with a manifest that records the sources and this command,
-and then recomputes the manifest's metrics from the weights as shipped.
+Prints the PublicTest figures of the average (plain and flip): without ``--out`` of the
+fp32 average in memory; with ``--out`` it first exports the average (fp16) with a manifest
+that records the sources and this command, and the figures are the manifest's metrics,
+computed from the weights as shipped (PublicTest is evaluated once either way).
 """
 from __future__ import annotations
 
@@ -119,11 +120,6 @@ def main(argv=None) -> int:
         train_x, _ = fixed_sample(train_x, train_y, n=args.bn_rows)
     recompute_batchnorm(model, to_tensor(train_x, spec["mean"], spec["std"]), args.batch_size)
     val_x, val_y = load_split(args.data, PUBLIC_TEST)
-    result = evaluate(model, val_x, val_y, spec["mean"], spec["std"])
-    figures = {"accuracy": result["plain"]["accuracy"], "macro_f1": result["plain"]["macro_f1"],
-               "accuracy_flip": result["flip"]["accuracy"], "macro_f1_flip": result["flip"]["macro_f1"]}
-    print(json.dumps({"sources": [str(p) for p in args.sources], "fp32": figures,
-                      "seconds": round(time.time() - started)}), flush=True)
     if args.out:
         command = shlex.join(["python", "-m", "training.average", *(sys.argv[1:] if argv is None else argv)])
         export_weights(model, args.out, {
@@ -140,9 +136,18 @@ def main(argv=None) -> int:
                          "machine": f"{platform.machine()}, cpu, {args.threads} threads"},
         })
         manifest = update_manifest(args.out, val_x, val_y, data=args.data)
-        shipped = manifest["metrics"]
+        weights, figures = "fp16_as_exported", {k: manifest["metrics"][k] for k in
+                                                ("accuracy", "macro_f1", "accuracy_flip", "macro_f1_flip")}
+    else:
+        result = evaluate(model, val_x, val_y, spec["mean"], spec["std"])
+        weights, figures = "fp32", {"accuracy": result["plain"]["accuracy"], "macro_f1": result["plain"]["macro_f1"],
+                                    "accuracy_flip": result["flip"]["accuracy"],
+                                    "macro_f1_flip": result["flip"]["macro_f1"]}
+    print(json.dumps({"sources": [str(p) for p in args.sources], weights: figures,
+                      "seconds": round(time.time() - started)}), flush=True)
+    if args.out:
         print(f"exported the average to {args.out} (sha256 {manifest['sha256'][:12]}; as shipped: accuracy "
-              f"{shipped['accuracy']}, flip {shipped['accuracy_flip']})", flush=True)
+              f"{figures['accuracy']}, flip {figures['accuracy_flip']})", flush=True)
     return 0
 
 
