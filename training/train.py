@@ -5,7 +5,7 @@
     python -m training.train --epochs 6 --init DIR  # a new schedule from shipped weights
     python -m training.train --init layers/model --soft-labels ../shared/data/fer2013/ferplus_votes_train_val.npz \
         --lr 2e-4 --epochs 6 --keep-epochs 3       # FER+ soft labels, warm start; then SWA:
-    python -m training.average CHECKPOINT_DIR/epoch-00[456].pt --out DIR
+    python -m training.average CHECKPOINT_DIR/epoch-00[456].pt --input-from layers/model --out DIR
     python -m training.train --teacher RUN_A --teacher RUN_B --teacher RUN_C   # distil an ensemble into one
 
 --teacher (repeatable) distils: the teachers' averaged predictions (each on the augmented
