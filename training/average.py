@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from training.common import (DEFAULT_DATA, PUBLIC_TEST, TRAINING, ResNet, evaluate, fixed_sample, input_spec, load_split,
-                             sha256_file, to_tensor, update_manifest)
+from training.common import (DEFAULT_DATA, PUBLIC_TEST, TRAINING, ResNet, evaluate, evaluate_loaded, fixed_sample,
+                             input_spec, load_split, sha256_file, to_tensor, update_manifest)
 from training.train import git_commit
 from emotion.model import WeightsError, available_cpus  # noqa: E402
 from training.network import export_weights, load_network, network_from_state, state_dict_from_prototype  # noqa: E402
@@ -135,14 +135,13 @@ def main(argv=None) -> int:
                          "torch": torch.__version__,
                          "machine": f"{platform.machine()}, cpu, {args.threads} threads"},
         })
-        manifest = update_manifest(args.out, val_x, val_y, data=args.data)
-        weights, figures = "fp16_as_exported", {k: manifest["metrics"][k] for k in
-                                                ("accuracy", "macro_f1", "accuracy_flip", "macro_f1_flip")}
+        exported = load_network(args.out)  # the weights as shipped: fp16, sha256-checked
+        weights, result = "fp16_as_exported", evaluate_loaded(exported, val_x, val_y)
+        manifest = update_manifest(args.out, val_x, val_y, full=result, data=args.data, loaded=exported)
     else:
-        result = evaluate(model, val_x, val_y, spec["mean"], spec["std"])
-        weights, figures = "fp32", {"accuracy": result["plain"]["accuracy"], "macro_f1": result["plain"]["macro_f1"],
-                                    "accuracy_flip": result["flip"]["accuracy"],
-                                    "macro_f1_flip": result["flip"]["macro_f1"]}
+        weights, result = "fp32", evaluate(model, val_x, val_y, spec["mean"], spec["std"])
+    figures = {"accuracy": result["plain"]["accuracy"], "macro_f1": result["plain"]["macro_f1"],
+               "accuracy_flip": result["flip"]["accuracy"], "macro_f1_flip": result["flip"]["macro_f1"]}
     print(json.dumps({"sources": [str(p) for p in args.sources], weights: figures,
                       "seconds": round(time.time() - started)}), flush=True)
     if args.out:
